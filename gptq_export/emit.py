@@ -1,0 +1,174 @@
+"""Emit ONNX: torch.onnx (dynamo) export of a rewritten graph, with our op's translation.
+
+    gptq_export::quant_linear(x, qweight, scales, qzeros, g_idx, bias, K, N, bits, group_size)
+        -> gptq_export.QuantLinear(x, qweight, scales, qzeros, g_idx, bias) {K, N, bits, group_size}
+
+Quantization settings and per-layer results go to the model's metadata_props (keys below). The
+file is written to a temporary folder beside the target and renamed into place, so a failed
+export leaves no partial output. Models over 2 GB keep their weights in `<name>.data`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+import onnxscript
+import torch
+from torch import fx
+
+from .config import DOMAIN
+from .errors import ExportError
+from .ops import quant_linear_target
+
+OP_TYPE = "QuantLinear"
+OPSET = 21
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights above which they go to `<name>.data`
+META_PREFIX = "gptq_export."
+
+_custom_opset = onnxscript.values.Opset(DOMAIN, 1)
+
+
+def register_onnx_schema() -> None:
+    """Register the ONNX schema of gptq_export.QuantLinear (the exporter needs one); idempotent."""
+    if onnx.defs.has(OP_TYPE, DOMAIN):
+        return
+    P = onnx.defs.OpSchema.FormalParameter
+    A = onnx.defs.OpSchema.Attribute
+    INT = onnx.defs.OpSchema.AttrType.INT
+    schema = onnx.defs.OpSchema(
+        OP_TYPE,
+        DOMAIN,
+        1,
+        doc="y[..., N] = x[..., K] @ dequant(qweight, scales, qzeros, g_idx) + bias (bias of size 0 = none); "
+        "packed layout: gptq_export.kernels.reference",
+        inputs=[
+            P("x", "T"),
+            P("qweight", "tensor(int32)"),
+            P("scales", "tensor(float)"),
+            P("qzeros", "tensor(int32)"),
+            P("g_idx", "tensor(int32)"),
+            P("bias", "T"),
+        ],
+        outputs=[P("y", "T")],
+        type_constraints=[("T", ["tensor(float)"], "activations")],
+        attributes=[A("K", INT, "in features"), A("N", INT, "out features"), A("bits", INT, "code width"),
+                    A("group_size", INT, "group size along K")],
+    )
+    onnx.defs.register_schema(schema)
+
+
+def _translate_quant_linear(
+    x, qweight, scales, qzeros, g_idx, bias, in_features: int, out_features: int, bits: int, group_size: int
+):
+    return _custom_opset.QuantLinear(
+        x, qweight, scales, qzeros, g_idx, bias, K=in_features, N=out_features, bits=bits, group_size=group_size
+    )
+
+
+def translation_table() -> dict:
+    register_onnx_schema()
+    return {quant_linear_target(): _translate_quant_linear}
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Keep torch.onnx's progress prints and warnings out of our CLI output."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield buf
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def export_onnx(
+    gm: fx.GraphModule,
+    example_inputs: tuple[torch.Tensor, ...],
+    dynamic_shapes: tuple,
+    input_names: tuple[str, ...],
+    output_name: str,
+    path: str | os.PathLike,
+    metadata: dict[str, object],
+) -> Path:
+    """Export gm to ONNX at `path` (atomically); metadata values are JSON-encoded unless strings."""
+    path = Path(path)
+    _check_writable(path)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                gm,
+                example_inputs,
+                dynamo=True,
+                dynamic_shapes=dynamic_shapes,
+                input_names=list(input_names),
+                output_names=[output_name],
+                opset_version=OPSET,
+                custom_translation_table=translation_table(),
+            )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    program.model.metadata_props.update(
+        {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    )
+    weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value)
+    _atomic_save(program, path, external=weight_bytes > EXTERNAL_DATA_THRESHOLD)
+    return path
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ExportError(f"output {path} is a directory; give a file name such as {path / 'model.onnx'}")
+    if not parent.exists():
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExportError(f"cannot create output folder {parent}: {exc.strerror}; choose a writable -o") from exc
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"output folder {parent} is not writable; choose another -o")
+
+
+def _atomic_save(program, path: Path, external: bool) -> None:
+    tmpdir = Path(tempfile.mkdtemp(prefix=".gptq-export-", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name
+        with _quiet_exporter():
+            program.save(tmp, external_data=external)
+        try:
+            onnx.checker.check_model(str(tmp), full_check=False)
+        except Exception as exc:
+            raise ExportError(f"the exported model fails onnx.checker: {str(exc).splitlines()[0][:300]}") from exc
+        for extra in sorted(tmpdir.iterdir()):
+            if extra != tmp:
+                os.replace(extra, path.parent / extra.name)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror}; choose a writable -o") from exc
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
+    """Our metadata_props, JSON-decoded, without the key prefix."""
+    out: dict[str, object] = {}
+    for prop in model.metadata_props:
+        if prop.key.startswith(META_PREFIX):
+            key = prop.key[len(META_PREFIX) :]
+            try:
+                out[key] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                out[key] = prop.value
+    return out
