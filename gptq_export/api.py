@@ -14,7 +14,7 @@ from torch import fx
 from . import __version__
 from .config import CalibConfig, QuantConfig
 from .data import calibration_windows
-from .emit import export_onnx
+from .emit import check_output_path, export_onnx
 from .errors import CalibrationError, TraceError
 from .models import LoadedModel, ModelKind, load_model
 from .pack import pack_linear
@@ -129,6 +129,7 @@ def export(
     say = status or (lambda _msg: None)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
+    check_output_path(output)
 
     loaded = load_model(model, tokenizer, on_status=say)
     times["load"] = time.perf_counter() - t0
@@ -191,6 +192,7 @@ def export_float(
     model: str | os.PathLike | torch.nn.Module | None, output: str | os.PathLike, *, status: StatusFn | None = None
 ) -> Path:
     """Export the unquantized model through the same trace/emit path (the FP baseline)."""
+    check_output_path(output)
     loaded = load_model(model, on_status=status)
     traced = trace_model(loaded)
     return _emit(traced, loaded, output, {"version": __version__, "model": loaded.name, "config": None})

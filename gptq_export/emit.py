@@ -105,7 +105,7 @@ def export_onnx(
 ) -> Path:
     """Export gm to ONNX at `path` (atomically); metadata values are JSON-encoded unless strings."""
     path = Path(path)
-    _check_writable(path)
+    check_output_path(path)
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -128,21 +128,28 @@ def export_onnx(
     return path
 
 
-def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
+def check_output_path(path: str | os.PathLike) -> None:
+    """Fail early (before any long work) if `path` cannot be written: folder missing, read-only..."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ExportError(f"output {path} should end in .onnx; pass -o NAME.onnx")
     if path.is_dir():
         raise ExportError(f"output {path} is a directory; give a file name such as {path / 'model.onnx'}")
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ExportError(f"cannot create output folder {parent}: {exc.strerror}; choose a writable -o") from exc
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"output folder {parent} is not writable; choose another -o")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ExportError(f"cannot write to {parent}: {reason}; choose a writable -o") from exc
 
 
 def _atomic_save(program, path: Path, external: bool) -> None:
-    tmpdir = Path(tempfile.mkdtemp(prefix=".gptq-export-", dir=path.parent))
+    try:
+        tmpdir = Path(tempfile.mkdtemp(prefix=".gptq-export-", dir=path.parent))
+    except OSError as exc:
+        raise ExportError(f"cannot write to {path.parent}: {exc.strerror}; choose a writable -o") from exc
     try:
         tmp = tmpdir / path.name
         with _quiet_exporter():

@@ -91,4 +91,9 @@ def trace_model(loaded: LoadedModel) -> TracedModel:
             f"torch.export could not trace {loaded.name}: {first[:300]}; "
             "export needs a model that torch.export supports (transformers >= 5)"
         ) from exc
-    return TracedModel(ep.module(), names, out_name, loaded.kind, max_seq)
+    gm = ep.module()
+    gm.eval()
+    # Drop computations the output does not need (e.g. BERT's pooler when exporting hidden states).
+    if gm.graph.eliminate_dead_code():
+        gm.recompile()
+    return TracedModel(gm, names, out_name, loaded.kind, max_seq)
