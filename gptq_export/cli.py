@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.quiet
     err = sys.stderr
     bar = None
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         qargs = _pick(args, ["bits", "group_size", "sym", "act_order", "static_groups", "percdamp", "block_size",
                              "method", "format"])
@@ -130,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.set_description_str(f"{report.name} {report.out_features}x{report.in_features}")
             bar.set_postfix_str(f"err {report.loss:.3g} (rtn {report.rtn_loss:.3g})")
             bar.update(1)
+            if i == n:
+                bar.close()
 
         from .api import export
 

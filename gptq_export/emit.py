@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
@@ -87,7 +88,8 @@ def _quiet_exporter():
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             yield buf
     finally:
         for lg, lv in zip(loggers, levels, strict=True):
@@ -129,24 +131,28 @@ def export_onnx(
 
 
 def check_output_path(path: str | os.PathLike) -> None:
-    """Fail early (before any long work) if `path` cannot be written: folder missing, read-only..."""
+    """Fail early (before any long work) if `path` cannot be written; creates nothing."""
     path = Path(path)
     if path.suffix != ".onnx":
         raise ExportError(f"output {path} should end in .onnx; pass -o NAME.onnx")
     if path.is_dir():
         raise ExportError(f"output {path} is a directory; give a file name such as {path / 'model.onnx'}")
-    parent = path.parent
+    ancestor = path.parent.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ExportError(f"cannot write to {path.parent}: {ancestor} is a file; choose a writable -o")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=parent):
+        with tempfile.TemporaryFile(dir=ancestor):
             pass
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-        raise ExportError(f"cannot write to {parent}: {reason}; choose a writable -o") from exc
+        raise ExportError(f"cannot write to {ancestor}: {reason}; choose a writable -o") from exc
 
 
 def _atomic_save(program, path: Path, external: bool) -> None:
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(tempfile.mkdtemp(prefix=".gptq-export-", dir=path.parent))
     except OSError as exc:
         raise ExportError(f"cannot write to {path.parent}: {exc.strerror}; choose a writable -o") from exc

@@ -14,7 +14,7 @@ import torch
 
 from .config import QuantConfig
 from .errors import GptqExportError
-from .grid import dequantize_codes, grid_params, quantize_codes
+from .grid import grid_params
 
 MAX_DAMP_RETRIES = 6
 
@@ -80,86 +80,107 @@ def _static_group_params(W: torch.Tensor, config: QuantConfig) -> list[tuple[tor
     return [grid_params(W[:, j : j + g], config.bits, config.sym) for j in range(0, W.shape[1], g)]
 
 
-def gptq_quantize(W: torch.Tensor, H: torch.Tensor, config: QuantConfig) -> QuantizedWeight:
-    """Quantize W [N, K] column by column, spreading each rounding error over the columns left.
+@dataclass
+class PreparedHessian:
+    """Everything GPTQ derives from H alone; Linears that read the same input (q/k/v) share it.
 
-    Reads like Algorithm 1: dead inputs, optional act-order permutation, dampening, Hinv =
-    Cholesky(H^-1)^T, then blocks of `block_size` columns with lazy batch updates of the rest.
+    Hinv: upper Cholesky factor of (H[perm][:, perm] + damp I)^-1; perm: column order (act-order);
+    dead: inputs that never fired (H[d, d] == 0); percdamp: dampening actually used.
     """
-    W = W.clone()
-    H = H.to(W.dtype).clone()
-    N, K = W.shape
-    bits, B, g = config.bits, config.block_size, _group_size(config, K)
 
+    Hinv: torch.Tensor
+    perm: torch.Tensor
+    dead: torch.Tensor
+    percdamp: float
+
+
+def prepare_hessian(H: torch.Tensor, config: QuantConfig) -> PreparedHessian:
+    """Dead inputs, act-order permutation, dampening and Hinv (steps 2-5 of the method)."""
+    H = H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
-    W[:, dead] = 0
-
-    # Per-channel params come from the whole (original) row; static groups from the original W.
-    static = _static_group_params(W, config) if (config.static_groups or config.group_size == -1) else None
-
-    perm = torch.arange(K, device=W.device)
     if config.act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
-
+        H = H[perm][:, perm]
+    else:
+        perm = torch.arange(H.shape[0], device=H.device)
     Hinv, damp = _upper_cholesky_of_inverse(H, config.percdamp)
+    return PreparedHessian(Hinv, perm, dead, damp)
 
-    Q = torch.zeros_like(W)
-    codes = torch.zeros_like(W)
-    col_group = torch.zeros(K, dtype=torch.long, device=W.device)  # group of each permuted column
+
+def gptq_quantize(
+    W: torch.Tensor, H: torch.Tensor, config: QuantConfig, prepared: PreparedHessian | None = None
+) -> QuantizedWeight:
+    """Quantize W [N, K] column by column, spreading each rounding error over the columns left.
+
+    Reads like Algorithm 1: Hinv = Cholesky(H^-1)^T, then blocks of `block_size` columns; inside
+    a block each column is rounded and its scaled error `Err1` updates the block's remaining
+    columns; after the block, one matrix product applies the block's errors to all later columns
+    (lazy batch update). Columns are stored as rows (W transposed) so each step is contiguous.
+    """
+    p = prepared if prepared is not None else prepare_hessian(H.to(W.dtype), config)
+    W = W.clone()
+    W[:, p.dead] = 0
+    N, K = W.shape
+    bits, B, g = config.bits, config.block_size, _group_size(config, K)
+    maxq = (1 << bits) - 1
+    Hinv = p.Hinv.to(W.dtype)
+
+    # Per-channel params come from the whole row; static groups from the original W.
+    static = _static_group_params(W, config) if (config.static_groups or config.group_size == -1) else None
+    perm = p.perm.tolist()
+
+    Wt = W[:, p.perm].T.contiguous()  # [K, N]: row k is (permuted) column k of W
+    codes_t = torch.empty_like(Wt)
+    col_group = torch.zeros(K, dtype=torch.long)  # group of each permuted column
     dyn_params: list[tuple[torch.Tensor, torch.Tensor]] = []
     scale = zero = None
 
     for i1 in range(0, K, B):
         i2 = min(i1 + B, K)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        C1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        W1 = Wt[i1:i2]  # a view: updated in place, never read again once quantized
+        C1 = codes_t[i1:i2]
+        Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        d = torch.diagonal(Hinv1).tolist()
 
         for i in range(i2 - i1):
             col = i1 + i
             if static is not None:
-                gi = int(perm[col]) // g
+                gi = perm[col] // g
                 scale, zero = static[gi]
             elif col % g == 0:
                 gi = col // g
                 # Current (error-updated) weights of this group: inside the block from W1; past it,
-                # W still lacks this block's pending lazy update, so apply it for these columns.
+                # Wt still lacks this block's pending lazy update, so apply it for those columns.
                 end = min(col + g, K)
-                cur = W1[:, i : min(end, i2) - i1]
+                cur = W1[i : min(end, i2) - i1]
                 if end > i2:
-                    rest = W[:, i2:end] - Err1[:, :i] @ Hinv[i1 : i1 + i, i2:end]
-                    cur = torch.cat([cur, rest], dim=1)
-                scale, zero = grid_params(cur, bits, config.sym)
+                    rest = Wt[i2:end] - Hinv[i1 : i1 + i, i2:end].T @ Err1[:i]
+                    cur = torch.cat([cur, rest])
+                scale, zero = grid_params(cur.T, bits, config.sym)
                 dyn_params.append((scale, zero))
             else:
                 gi = col // g
             col_group[col] = gi
 
-            w = W1[:, i]
-            d = Hinv1[i, i]
-            q_int = quantize_codes(w, scale, zero, bits)
-            q = dequantize_codes(q_int, scale, zero)
-            Q1[:, i], C1[:, i] = q, q_int
-            err = (w - q) / d
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
+            w = W1[i]
+            q_int = torch.div(w, scale, out=C1[i]).round_().add_(zero).clamp_(0, maxq)
+            err = Err1[i]
+            torch.sub(q_int, zero, out=err).mul_(scale).neg_().add_(w).div_(d[i])  # (w - q) / Hinv[i, i]
+            W1[i + 1 :].addr_(Hinv1[i, i + 1 :], err, alpha=-1)
 
-        Q[:, i1:i2], codes[:, i1:i2] = Q1, C1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        Wt[i2:].addmm_(Hinv[i1:i2, i2:].T, Err1, alpha=-1)
 
-    invperm = torch.argsort(perm)
+    invperm = torch.argsort(p.perm)
     params = static if static is not None else dyn_params
     return QuantizedWeight(
-        codes=codes[:, invperm].to(torch.uint8),
+        codes=codes_t.T[:, invperm].to(torch.uint8),
         scales=torch.stack([s for s, _ in params]),
         zeros=torch.stack([z for _, z in params]).to(torch.uint8),
         g_idx=col_group[invperm].to(torch.int32),
         bits=bits,
-        percdamp=damp,
+        percdamp=p.percdamp,
     )
 
 

@@ -22,8 +22,10 @@ def load_report(path: str | Path) -> dict:
     import onnx
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise InspectError(f"{path} does not exist; pass an .onnx file written by gptq-export")
+    if not path.is_file():
+        raise InspectError(f"{path} is not a file; pass an .onnx file written by gptq-export")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
@@ -73,3 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in rep["metadata"].get("skipped", []):
         print(f"left in float: {d['name']}: {d['reason']}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from gptq_export.config import Method, QuantConfig
-from gptq_export.gptq import QuantizedWeight, gptq_quantize, reconstruction_error, rtn_quantize
+from gptq_export.gptq import (
+    PreparedHessian,
+    QuantizedWeight,
+    gptq_quantize,
+    prepare_hessian,
+    reconstruction_error,
+    rtn_quantize,
+)
 from gptq_export.observe import HessianObserver
 
 from .linears import LinearPlan, LinearSite
@@ -74,7 +81,8 @@ class _SequentialQuantizer(fx.Interpreter):
         for s in plan.sites:
             key = by_name[s.node].args[0].name
             self.pending[key] = self.pending.get(key, 0) + 1
-        self.hessians: dict[str, torch.Tensor] = {}
+        # H (and, for GPTQ, its factorization) per input node, shared by the Linears reading it.
+        self.hessians: dict[str, tuple[torch.Tensor, PreparedHessian | None]] = {}
         self.result = QuantizeResult()
 
     def run_node(self, n: fx.Node):
@@ -86,26 +94,27 @@ class _SequentialQuantizer(fx.Interpreter):
             return self._quantize(n, self.sites[n.name])
         return super().run_node(n)
 
-    def _hessian(self, x_node: fx.Node, x: torch.Tensor) -> torch.Tensor:
+    def _hessian(self, x_node: fx.Node, x: torch.Tensor) -> tuple[torch.Tensor, PreparedHessian | None]:
         if x_node.name not in self.hessians:
             obs = HessianObserver(x.shape[-1], x.device)
             obs.update(x)
-            self.hessians[x_node.name] = obs.H
-        H = self.hessians[x_node.name]
+            prepared = prepare_hessian(obs.H, self.config) if self.config.method is Method.GPTQ else None
+            self.hessians[x_node.name] = (obs.H, prepared)
+        entry = self.hessians[x_node.name]
         self.pending[x_node.name] -= 1
         if self.pending[x_node.name] == 0:
             del self.hessians[x_node.name]
-        return H
+        return entry
 
     def _quantize(self, n: fx.Node, site: LinearSite) -> torch.Tensor:
         start = time.perf_counter()
         x = self.env[n.args[0]]
-        H = self._hessian(n.args[0], x)
+        H, prepared = self._hessian(n.args[0], x)
         W = self.module.get_parameter(site.weight).detach().to(torch.float32)
         rtn = rtn_quantize(W, self.config)
         rtn_loss = reconstruction_error(W, rtn.dequantized(), H)
         if self.config.method is Method.GPTQ:
-            qw = gptq_quantize(W, H, self.config)
+            qw = gptq_quantize(W, H, self.config, prepared)
             loss = reconstruction_error(W, qw.dequantized(), H)
         else:
             qw, loss = rtn, rtn_loss

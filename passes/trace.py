@@ -92,7 +92,6 @@ def trace_model(loaded: LoadedModel) -> TracedModel:
             "export needs a model that torch.export supports (transformers >= 5)"
         ) from exc
     gm = ep.module()
-    gm.eval()
     # Drop computations the output does not need (e.g. BERT's pooler when exporting hidden states).
     if gm.graph.eliminate_dead_code():
         gm.recompile()
