@@ -38,3 +38,15 @@ def perplexity(
         if progress:
             progress(min(start + batch_size, len(ids_all)), len(ids_all), float(np.exp(nll / count)))
     return float(np.exp(nll / count))
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Sentence embeddings: mask-weighted mean of token states [b, s, d], L2-normalised (float64)."""
+    m = mask[..., None].astype(np.float64)
+    emb = (hidden.astype(np.float64) * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+    return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows."""
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
