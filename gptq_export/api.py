@@ -49,21 +49,32 @@ class ExportResult:
             "output": str(self.path),
             "model": self.model,
             "config": self.config.to_dict(),
-            "calibration": {"nsamples": self.calib_shape[0], "seqlen": self.calib_shape[1], "seed": self.calib.seed,
-                            "text": self.calib.text or "packaged:c4"},
+            "calibration": _calib_dict(self.calib, self.calib_shape),
             "layers_quantized": n,
-            "layers_skipped": [{"name": a, "reason": b} for a, b in self.skipped],
+            "layers_skipped": _skipped_dicts(self.skipped),
             "mean_loss": sum(r.loss for r in self.reports) / n if n else None,
             "mean_rtn_loss": sum(r.rtn_loss for r in self.reports) / n if n else None,
-            "layers": [
-                {"name": r.name, "K": r.in_features, "N": r.out_features, "loss": r.loss, "rtn_loss": r.rtn_loss,
-                 "percdamp": r.percdamp}
-                for r in self.reports
-            ],
+            "layers": _layer_dicts(self.reports),
             "float_bytes": self.float_bytes,
             "file_bytes": self.file_bytes,
             "seconds": self.seconds,
         }
+
+
+def _calib_dict(calib: CalibConfig, shape: tuple[int, int]) -> dict:
+    return {"nsamples": shape[0], "seqlen": shape[1], "seed": calib.seed, "text": calib.text or "packaged:c4"}
+
+
+def _layer_dicts(reports: list[LayerReport]) -> list[dict]:
+    return [
+        {"name": r.name, "K": r.in_features, "N": r.out_features, "loss": r.loss, "rtn_loss": r.rtn_loss,
+         "percdamp": r.percdamp}
+        for r in reports
+    ]
+
+
+def _skipped_dicts(skipped: list[tuple[str, str]]) -> list[dict]:
+    return [{"name": n, "reason": r} for n, r in skipped]
 
 
 def _file_bytes(path: Path) -> int:
@@ -162,13 +173,9 @@ def export(
         "version": __version__,
         "model": loaded.name,
         "config": config.to_dict(),
-        "calibration": {"nsamples": shape[0], "seqlen": shape[1], "seed": calib.seed, "text": calib.text or "packaged:c4"},
-        "layers": [
-            {"name": r.name, "K": r.in_features, "N": r.out_features, "loss": r.loss, "rtn_loss": r.rtn_loss,
-             "percdamp": r.percdamp}
-            for r in result.reports
-        ],
-        "skipped": [{"name": n, "reason": r} for n, r in plan.skipped],
+        "calibration": _calib_dict(calib, shape),
+        "layers": _layer_dicts(result.reports),
+        "skipped": _skipped_dicts(plan.skipped),
     }
     path = _emit(traced, loaded, output, metadata)
     times["emit"] = time.perf_counter() - t
