@@ -1,7 +1,12 @@
-"""Python API: `export(model, config, output)` runs trace -> plan -> calibrate/GPTQ -> pack -> rewrite -> emit."""
+"""Python API: `export(model, config, output)` runs trace -> plan -> calibrate/GPTQ -> pack -> rewrite -> emit.
+
+    emit: rewritten graph -> `gptq` ONNX model -> (format ort | qdq) stock onnxruntime model -> file
+    convert(gptq file) -> ort | qdq file (same weights, no calibration)
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -12,10 +17,10 @@ import torch
 from torch import fx
 
 from . import __version__
-from .config import CalibConfig, QuantConfig
+from .config import DOMAIN, CalibConfig, Format, QuantConfig
 from .data import calibration_windows
-from .emit import check_output_path, export_onnx
-from .errors import CalibrationError, TraceError
+from .emit import check_output_path, export_onnx, save_model
+from .errors import CalibrationError, ExportError, TraceError
 from .models import LoadedModel, ModelKind, load_model
 from .pack import pack_linear
 from .passes.canonicalize import canonicalize_linears
@@ -44,10 +49,12 @@ class ExportResult:
     graph_module: fx.GraphModule | None = field(default=None, repr=False)  # the rewritten torch graph
 
     def summary(self) -> dict:
+        """JSON-able summary: output, format, settings, per-layer errors, sizes, timings."""
         n = len(self.reports)
         return {
             "output": str(self.path),
             "model": self.model,
+            "format": self.config.resolved_format().value,
             "config": self.config.to_dict(),
             "calibration": _calib_dict(self.calib, self.calib_shape),
             "layers_quantized": n,
@@ -106,7 +113,15 @@ def calibration_inputs(loaded: LoadedModel, calib: CalibConfig, tokens: torch.Te
     return (tokens, torch.ones_like(tokens)) if loaded.kind is ModelKind.ENCODER else (tokens,)
 
 
-def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict) -> Path:
+def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict, config: QuantConfig | None = None) -> Path:
+    """Write the traced (rewritten) graph, converted to config's format when it is not gptq."""
+    to_format = None
+    if config is not None and config.resolved_format() is not Format.GPTQ:
+        from .passes.onnx_formats import convert_format
+
+        def to_format(model):
+            return convert_format(model, config.resolved_format(), config.accuracy_level)
+
     return export_onnx(
         traced.graph_module,
         traced.example_inputs(batch=2, seq=8, vocab=loaded.vocab_size or 2),
@@ -115,6 +130,7 @@ def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict) -> P
         traced.output_name,
         output,
         metadata,
+        to_format,
     )
 
 
@@ -136,6 +152,7 @@ def export(
     progress(report, i, n) is called after each layer; status(msg) at each stage.
     """
     config = config or QuantConfig()
+    config = dataclasses.replace(config, format=config.resolved_format())  # auto -> what is written
     calib = calib or CalibConfig()
     say = status or (lambda _msg: None)
     times: dict[str, float] = {}
@@ -168,16 +185,17 @@ def export(
     t = time.perf_counter()
     packed = {name: pack_linear(qw, config.group_size) for name, qw in result.weights.items()}
     rewrite_quantized_linears(gm, plan, packed)
-    say(f"writing ONNX to {output}")
+    say(f"writing ONNX ({config.format.value} format) to {output}")
     metadata = {
         "version": __version__,
         "model": loaded.name,
+        "format": config.format.value,
         "config": config.to_dict(),
         "calibration": _calib_dict(calib, shape),
         "layers": _layer_dicts(result.reports),
         "skipped": _skipped_dicts(plan.skipped),
     }
-    path = _emit(traced, loaded, output, metadata)
+    path = _emit(traced, loaded, output, metadata, config)
     times["emit"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     return ExportResult(
@@ -203,3 +221,31 @@ def export_float(
     loaded = load_model(model, on_status=status)
     traced = trace_model(loaded)
     return _emit(traced, loaded, output, {"version": __version__, "model": loaded.name, "config": None})
+
+
+def convert(
+    source: str | os.PathLike, output: str | os.PathLike, format: Format | str, accuracy_level: int = 4
+) -> Path:
+    """Rewrite a `gptq`-format file written by `export` into `format` (ort or qdq) at `output`.
+
+    Same quantized weights, no calibration: the ONNX -> ONNX pass of `passes/onnx_formats.py`.
+    External weights are read lazily; the output keeps them external when the source had them.
+    """
+    import onnx_ir as ir
+
+    from .passes.onnx_formats import convert_format
+
+    fmt = Format(format)
+    check_output_path(output)
+    source = Path(source)
+    if not source.is_file():
+        raise ExportError(f"{source} does not exist; pass a .onnx file written by gptq-export --format gptq")
+    try:
+        model = ir.load(source)
+    except Exception as exc:
+        raise ExportError(f"{source} is not a readable ONNX model ({type(exc).__name__}); re-export it") from exc
+    if DOMAIN not in model.opset_imports:
+        raise ExportError(f"{source} has no gptq_export.QuantLinear node; pass a file written with --format gptq")
+    external = source.with_name(source.name + ".data").exists()
+    model = convert_format(model, fmt, accuracy_level)
+    return save_model(model, output, external=external or None)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import SUPPORTED_BITS, CalibConfig, Format, Method, QuantConfig
+from .config import ACCURACY_LEVELS, SUPPORTED_BITS, CalibConfig, Format, Method, QuantConfig
 from .errors import GptqExportError
 
 _Q = {f.name: f.default for f in dataclasses.fields(QuantConfig)}
@@ -39,7 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--damp", type=float, dest="percdamp", help=f"dampening, fraction of mean diag(H) (default {_Q['percdamp']})")
     q.add_argument("--block-size", type=int, help=f"GPTQ lazy-batch block size (default {_Q['block_size']})")
     q.add_argument("--method", choices=[m.value for m in Method], help=f"gptq or rtn baseline (default {_Q['method'].value})")
-    q.add_argument("--format", choices=[f.value for f in Format], help=f"ONNX representation (default {_Q['format'].value})")
+    q.add_argument("--format", choices=[f.value for f in Format],
+                   help="ONNX representation: ort = com.microsoft MatMulNBits (bits 2/4/8), qdq = DequantizeLinear + "
+                        "MatMul (bits 4/8), gptq = custom op (any bits, needs onnxruntime-extensions); "
+                        "default: auto = ort when it can hold the settings, else gptq")
+    q.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS,
+                   help=f"MatMulNBits compute type of --format ort: 4 = int8 activations (faster on CPU, ~5e-3 "
+                        f"relative error), 0 = exact fp32 (default {_Q['accuracy_level']})")
     q.add_argument("--skip", action="append", metavar="PATTERN",
                    help=f"module-name pattern to keep in float, repeatable (default {' '.join(_Q['skip'])})")
     c = p.add_argument_group("calibration")
@@ -82,7 +88,8 @@ def _print_summary(result, out) -> None:
         ("layers quantized", f"{s['layers_quantized']} ({len(result.skipped)} left in float)"),
         ("bits / group / sym", f"{cfg.bits} / {cfg.group_size} / {'sym' if cfg.sym else 'asym'}"
          f"{' / act-order' if cfg.act_order else ''}{' / static groups' if cfg.static_groups else ''}"),
-        ("method / format", f"{cfg.method.value} / {cfg.format.value}"),
+        ("method / format", f"{cfg.method.value} / {s['format']}"
+         f"{f' (accuracy level {cfg.accuracy_level})' if s['format'] == Format.ORT.value else ''}"),
         ("calibration", f"{s['calibration']['nsamples']} x {s['calibration']['seqlen']} tokens, seed {result.calib.seed}"),
         ("mean layer error", f"{s['mean_loss']:.4g} ({cfg.method.value})  vs  {s['mean_rtn_loss']:.4g} (rtn)  "
          f"= {ratio:.2f}x"),
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         hf_logging.disable_progress_bar()
     try:
         qargs = _pick(args, ["bits", "group_size", "sym", "act_order", "static_groups", "percdamp", "block_size",
-                             "method", "format"])
+                             "method", "format", "accuracy_level"])
         if args.skip is not None:
             qargs["skip"] = tuple(args.skip)
         config = QuantConfig(**qargs)

@@ -16,15 +16,24 @@ from .errors import ConfigError
 DOMAIN = "gptq_export"
 
 SUPPORTED_BITS = (2, 3, 4, 8)
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 
 
 class Format(str, Enum):
     """How quantized Linears are written to ONNX."""
 
-    GPTQ = "gptq"  # our custom-domain op `gptq_export::QuantLinear` (packed int32 bitstream)
+    ORT = "ort"  # stock onnxruntime: com.microsoft.MatMulNBits (bits 2, 4, 8)
+    QDQ = "qdq"  # standard ONNX: blocked DequantizeLinear (int4/uint4, int8/uint8) + MatMul (bits 4, 8)
+    GPTQ = "gptq"  # our custom-domain op `gptq_export::QuantLinear` (packed int32 bitstream, any bits)
 
     def __str__(self) -> str:
         return self.value
+
+
+#: Code widths each format can hold.
+FORMAT_BITS = {Format.ORT: (2, 4, 8), Format.QDQ: (4, 8), Format.GPTQ: SUPPORTED_BITS}
+#: Smallest block of the stock formats; a group size must be a multiple of it (or -1) to be exact.
+MIN_BLOCK = 16
 
 
 class Method(str, Enum):
@@ -50,19 +59,24 @@ class QuantConfig:
     percdamp: dampening, as a fraction of the mean Hessian diagonal.
     block_size: columns per lazy-batch block of Algorithm 1.
     method: GPTQ or RTN (round to nearest, same grid).
-    format: ONNX representation of quantized Linears.
+    format: ONNX representation of quantized Linears; None (auto) = ort where it can hold the
+        settings (bits 2/4/8, group size a multiple of 16 or -1), else gptq. See `resolved_format`.
+    accuracy_level: MatMulNBits compute type of the ort format: 4 = int8 activations (measured
+        faster on CPU, about 5e-3 relative error), 0 = exact (fp32, as the stored weights say);
+        1 fp32, 2 fp16, 3 bf16 as in onnxruntime.
     skip: fnmatch patterns of module names left in float (lm_head by default).
     """
 
     bits: int = 4
     group_size: int = 128
     sym: bool = False
-    act_order: bool = False
+    act_order: bool = True
     static_groups: bool = False
     percdamp: float = 0.01
     block_size: int = 128
     method: Method = Method.GPTQ
-    format: Format = Format.GPTQ
+    format: Format | None = None
+    accuracy_level: int = 4
     skip: tuple[str, ...] = ("lm_head", "*.lm_head")
 
     def __post_init__(self) -> None:
@@ -83,11 +97,37 @@ class QuantConfig:
             object.__setattr__(self, "method", Method(self.method))
         except ValueError:
             raise ConfigError(f"method={self.method!r} is unknown; choose one of {[m.value for m in Method]}") from None
-        try:
-            object.__setattr__(self, "format", Format(self.format))
-        except ValueError:
-            raise ConfigError(f"format={self.format!r} is unknown; choose one of {[f.value for f in Format]}") from None
+        if self.format is not None:
+            try:
+                object.__setattr__(self, "format", Format(self.format))
+            except ValueError:
+                raise ConfigError(
+                    f"format={self.format!r} is unknown; choose one of {[f.value for f in Format]}"
+                ) from None
+        if isinstance(self.accuracy_level, bool) or self.accuracy_level not in ACCURACY_LEVELS:
+            raise ConfigError(
+                f"accuracy_level={self.accuracy_level!r} is invalid; choose 0 (exact) to 4 (int8 activations)"
+            )
         object.__setattr__(self, "skip", tuple(self.skip))
+        if self.format is not None:
+            problem = self._unfit(self.format)
+            if problem:
+                fits = " or ".join(f"--format {f.value}" for f in Format if not self._unfit(f))
+                raise ConfigError(f"--format {self.format.value} cannot hold {problem}; use {fits}")
+
+    def _unfit(self, fmt: Format) -> str | None:
+        """Why `fmt` cannot represent these settings exactly (None when it can)."""
+        if self.bits not in FORMAT_BITS[fmt]:
+            return f"{self.bits}-bit weights"
+        if fmt is not Format.GPTQ and self.group_size != -1 and self.group_size % MIN_BLOCK:
+            return f"group size {self.group_size} (needs a multiple of {MIN_BLOCK} or -1)"
+        return None
+
+    def resolved_format(self) -> Format:
+        """The format an export writes: `format`, or for auto (None) ort where it fits, else gptq."""
+        if self.format is not None:
+            return self.format
+        return Format.ORT if self._unfit(Format.ORT) is None else Format.GPTQ
 
     def groups_for(self, in_features: int) -> int:
         """Group size actually used for a layer with `in_features` inputs (per channel -> K)."""
@@ -111,9 +151,10 @@ class QuantConfig:
         )
 
     def to_dict(self) -> dict:
+        """JSON-able settings (enums as strings, format None = auto)."""
         d = dataclasses.asdict(self)
         d["method"] = self.method.value
-        d["format"] = self.format.value
+        d["format"] = self.format.value if self.format is not None else None
         d["skip"] = list(self.skip)
         return d
 

@@ -3,9 +3,11 @@
     gptq_export::quant_linear(x, qweight, scales, qzeros, g_idx, bias, K, N, bits, group_size)
         -> gptq_export.QuantLinear(x, qweight, scales, qzeros, g_idx, bias) {K, N, bits, group_size}
 
-Quantization settings and per-layer results go to the model's metadata_props (keys below). The
-file is written to a temporary folder beside the target and renamed into place, so a failed
-export leaves no partial output. Models over 2 GB keep their weights in `<name>.data`.
+Quantization settings and per-layer results go to the model's metadata_props (keys below). An
+optional ONNX -> ONNX pass (`passes/onnx_formats.py`: the `ort` and `qdq` formats) runs on the
+in-memory model before it is saved. The file is written to a temporary folder beside the target
+and renamed into place, so a failed export leaves no partial output. Models over 2 GB keep their
+weights in `<name>.data`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 import onnxscript
 import torch
 from torch import fx
@@ -96,18 +100,15 @@ def _quiet_exporter():
             lg.setLevel(lv)
 
 
-def export_onnx(
+def build_onnx(
     gm: fx.GraphModule,
     example_inputs: tuple[torch.Tensor, ...],
     dynamic_shapes: tuple,
     input_names: tuple[str, ...],
     output_name: str,
-    path: str | os.PathLike,
     metadata: dict[str, object],
-) -> Path:
-    """Export gm to ONNX at `path` (atomically); metadata values are JSON-encoded unless strings."""
-    path = Path(path)
-    check_output_path(path)
+) -> ir.Model:
+    """torch.onnx (dynamo) export of gm, in memory; metadata values are JSON-encoded unless strings."""
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
@@ -125,9 +126,26 @@ def export_onnx(
     program.model.metadata_props.update(
         {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     )
-    weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values() if v.const_value)
-    _atomic_save(program, path, external=weight_bytes > EXTERNAL_DATA_THRESHOLD)
-    return path
+    return program.model
+
+
+def export_onnx(
+    gm: fx.GraphModule,
+    example_inputs: tuple[torch.Tensor, ...],
+    dynamic_shapes: tuple,
+    input_names: tuple[str, ...],
+    output_name: str,
+    path: str | os.PathLike,
+    metadata: dict[str, object],
+    convert: Callable[[ir.Model], ir.Model] | None = None,
+) -> Path:
+    """Export gm to ONNX at `path` (atomically), after `convert` (an ONNX -> ONNX pass) if given."""
+    path = Path(path)
+    check_output_path(path)
+    model = build_onnx(gm, example_inputs, dynamic_shapes, input_names, output_name, metadata)
+    if convert is not None:
+        model = convert(model)
+    return save_model(model, path)
 
 
 def check_output_path(path: str | os.PathLike) -> None:
@@ -150,7 +168,19 @@ def check_output_path(path: str | os.PathLike) -> None:
         raise ExportError(f"cannot write to {ancestor}: {reason}; choose a writable -o") from exc
 
 
-def _atomic_save(program, path: Path, external: bool) -> None:
+def weight_bytes(model: ir.Model) -> int:
+    """Bytes of the model's initializers (external ones included)."""
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_model(model: ir.Model, path: str | os.PathLike, external: bool | None = None) -> Path:
+    """Write `model` to `path` atomically (temporary folder beside it, onnx.checker, rename).
+
+    external: keep the weights in `<name>.data`; None = when they pass EXTERNAL_DATA_THRESHOLD.
+    """
+    path = Path(path)
+    if external is None:
+        external = weight_bytes(model) > EXTERNAL_DATA_THRESHOLD
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmpdir = Path(tempfile.mkdtemp(prefix=".gptq-export-", dir=path.parent))
@@ -159,7 +189,7 @@ def _atomic_save(program, path: Path, external: bool) -> None:
     try:
         tmp = tmpdir / path.name
         with _quiet_exporter():
-            program.save(tmp, external_data=external)
+            ir.save(model, tmp, external_data=f"{path.name}.data" if external else None)
         try:
             onnx.checker.check_model(str(tmp), full_check=False)
         except Exception as exc:
@@ -172,6 +202,7 @@ def _atomic_save(program, path: Path, external: bool) -> None:
         raise ExportError(f"cannot write {path}: {exc.strerror}; choose a writable -o") from exc
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
 
 
 def read_metadata(model: onnx.ModelProto) -> dict[str, object]:

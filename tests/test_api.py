@@ -58,10 +58,10 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize(
     "arch,config",
     [
-        ("gpt2", gx.QuantConfig(bits=4, group_size=32)),
-        ("opt", gx.QuantConfig(bits=3, group_size=-1, act_order=True)),
-        ("llama", gx.QuantConfig(bits=2, group_size=16, sym=True, act_order=True, static_groups=True)),
-        ("llama", gx.QuantConfig(bits=8, group_size=64, method="rtn")),
+        ("gpt2", gx.QuantConfig(bits=4, group_size=32, act_order=False, format="gptq")),
+        ("opt", gx.QuantConfig(bits=3, group_size=-1, act_order=True)),  # 3-bit: auto = gptq
+        ("llama", gx.QuantConfig(bits=2, group_size=16, sym=True, act_order=True, static_groups=True, format="gptq")),
+        ("llama", gx.QuantConfig(bits=8, group_size=64, method="rtn", format="gptq")),
     ],
 )
 def test_onnx_matches_quantized_torch_graph(arch, config, tiny_tokenizer, tmp_path):
@@ -122,7 +122,7 @@ def test_bert_encoder_every_linear_quantized(tiny_tokenizer, tmp_path):
     model = tiny_model("bert", len(tiny_tokenizer))
     folder = save_tiny_model(model, tiny_tokenizer, tmp_path / "bert")
     out = tmp_path / "bert.onnx"
-    result = gx.export(folder, gx.QuantConfig(bits=8, group_size=32), out, CALIB)
+    result = gx.export(folder, gx.QuantConfig(bits=8, group_size=32, format="gptq"), out, CALIB)
     # The pooler is not on the last_hidden_state path: reported, not silently dropped.
     assert {n for n, _ in result.skipped} == {"pooler.dense"}
     assert {r.name for r in result.reports} == linear_names(model) - {"pooler.dense"}

@@ -30,7 +30,7 @@ from gptq_export.inspect import main as inspect_main
 ERROR = "gptq-export: error:"
 INSPECT_ERROR = "gptq-inspect: error:"
 FAST = ["--nsamples", "2", "--seqlen", "16"]
-GPT2_ARGS = ["--bits", "4", "--group-size", "32", *FAST]
+GPT2_ARGS = ["--bits", "4", "--group-size", "32", "--format", "gptq", *FAST]
 
 
 # --------------------------------------------------------------------------- fixtures and helpers

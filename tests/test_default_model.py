@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("smol") / "smol-w4g128.onnx"
-    result = gx.export(None, gx.QuantConfig(bits=4, group_size=128), out, gx.CalibConfig(nsamples=4, seqlen=128))
+    result = gx.export(None, gx.QuantConfig(bits=4, group_size=128, format="gptq"), out, gx.CalibConfig(nsamples=4, seqlen=128))
     return result
 
 

@@ -27,7 +27,7 @@ def calib_tokens():
 def test_external_data_when_weights_pass_the_threshold(gpt2, tmp_path, monkeypatch):
     monkeypatch.setattr(emit, "EXTERNAL_DATA_THRESHOLD", 0)
     out = tmp_path / "big.onnx"
-    res = gx.export(gpt2, gx.QuantConfig(bits=4, group_size=32), out, calib_tokens=calib_tokens())
+    res = gx.export(gpt2, gx.QuantConfig(bits=4, group_size=32, format="gptq"), out, calib_tokens=calib_tokens())
     data = tmp_path / "big.onnx.data"
     assert data.exists() and data.stat().st_size > 100_000  # the big tensors moved out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]

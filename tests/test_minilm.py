@@ -18,7 +18,7 @@ def test_minilm_4bit_embeddings_stay_close_to_float(tmp_path):
     folder = minilm_dir()
     loaded = load_model(folder)
     out = tmp_path / "minilm.onnx"
-    res = gx.export(folder, gx.QuantConfig(bits=4, group_size=128), out, gx.CalibConfig(nsamples=8, seqlen=128))
+    res = gx.export(folder, gx.QuantConfig(bits=4, group_size=128, format="gptq"), out, gx.CalibConfig(nsamples=8, seqlen=128))
     # 6 layers x (q, k, v, attention output, intermediate, output); the pooler is not on this path.
     assert len(res.reports) == 36
     assert [n for n, _ in res.skipped] == ["pooler.dense"]
