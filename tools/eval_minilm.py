@@ -48,13 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|")
     for bits, group in SETTINGS:
         for method in ("rtn", "gptq"):
-            cfg = gx.QuantConfig(bits=bits, group_size=group, method=method)
+            cfg = gx.QuantConfig(bits=bits, group_size=group, method=method, accuracy_level=0)
             path = out / f"minilm-{method}-w{bits}{'pc' if group == -1 else f'g{group}'}.onnx"
             res = gx.export(folder, cfg, path, gx.CalibConfig(nsamples=32, seqlen=128))
             sess = InferenceSession(path)
             hidden = sess.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
             cos = cosine_rows(mean_pool(hidden, mask.numpy()), fp)
-            label = f"{bits}-bit {'per-channel' if group == -1 else f'g{group}'}"
+            label = f"{bits}-bit {'per-channel' if group == -1 else f'g{group}'} ({res.config.format.value})"
             n_lin = len(res.reports)
             print(f"| {label} | {method} | {n_lin} (+{len(res.skipped)} unused: "
                   f"{', '.join(n for n, _ in res.skipped)}) | {np.mean(cos):.4f} | {np.min(cos):.4f} |", flush=True)
