@@ -55,3 +55,12 @@ def _quant_linear_fake(x, qweight, scales, qzeros, g_idx, bias, in_features, out
 def quant_linear_target():
     """The OpOverload that graph nodes call."""
     return torch.ops.gptq_export.quant_linear.default
+
+
+@quant_linear.register_kernel("cuda")
+def _quant_linear_cuda(x, qweight, scales, qzeros, g_idx, bias, in_features, out_features, bits, group_size):
+    """CUDA implementation: the fused kernels of `gptq_export.kernels.torch_cuda` (CuPy, zero-copy
+    through DLPack, on PyTorch's current stream); imported on first use."""
+    from .kernels.torch_cuda import quant_linear_cuda
+
+    return quant_linear_cuda(x, qweight, scales, qzeros, g_idx, bias, in_features, out_features, bits, group_size)

@@ -106,6 +106,37 @@ registry.register("cpu", cpu_kernel)
 _registered = False
 
 
+#: GPU tile layouts of the packed weights (CuPy), keyed like `_cache`: uploaded once per process.
+_gpu_cache = DequantCache(max_bytes=16 << 30)
+
+
+def cuda_kernel(x, qweight, scales, qzeros, g_idx, bias, K, N, bits, group_size) -> np.ndarray:
+    """CUDA implementation (CuPy): the layer is uploaded and repacked once (cached by content, as
+    the CPU kernel), x goes to the GPU and y back on every call; fp32 in and out."""
+    import cupy as cp
+
+    from .kernels import cuda as kc
+
+    K, N, bits = int(K), int(N), int(bits)
+    key = DequantCache.key(qweight, scales, qzeros, g_idx)
+    layer = _gpu_cache.get_or_make(key, lambda: kc.GpuLinear.from_packed(qweight, scales, qzeros, g_idx, bits, K, N))
+    b = cp.asarray(np.asarray(bias, dtype=np.float32)) if bias.size else None
+    y = kc.quant_matmul(cp.asarray(np.asarray(x, dtype=np.float32)), layer, b)
+    return cp.asnumpy(y)
+
+
+def _register_cuda_kernel() -> None:
+    """Register the "cuda" kernel on first use, when CuPy and a CUDA device are there."""
+    if "cuda" in registry.kernels:
+        return
+    from .kernels.cuda import cuda_available
+
+    reason = cuda_available()
+    if reason:
+        raise RuntimeSetupError(f"device 'cuda' is not available: {reason}")
+    registry.register("cuda", cuda_kernel)
+
+
 def register_kernel(device: str, kernel: Kernel) -> None:
     """Plug in a device implementation of QuantLinear (same arguments as `cpu_kernel`)."""
     registry.register(device, kernel)
@@ -144,6 +175,8 @@ def session_options(device: str = "cpu"):
     except ImportError as exc:
         raise RuntimeSetupError(f"{exc.name} is not installed; pip install onnxruntime onnxruntime-extensions") from exc
     _register_custom_op()
+    if device == "cuda":
+        _register_cuda_kernel()
     registry.select(device)
     opts = ort.SessionOptions()
     opts.register_custom_ops_library(get_library_path())

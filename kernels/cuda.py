@@ -1,0 +1,627 @@
+"""CUDA kernels of the packed `gptq` format (CuPy launchers), and the GPU tile layout they read.
+
+The CPU format (`gptq_export.kernels.reference`, the single source of truth) is converted once, at
+load time, into a GPU tile layout ("tc") made for the tensor-core kernels of ``gptq_cuda.cu``;
+`repack_numpy` / `unpack_tc_numpy` here are its NumPy definition, and the GPU repack kernels are
+tested bit-exactly against them.
+
+GPU tile layout
+---------------
+K positions are first grouped and padded ("K'"): with ``gst`` = mma k-steps (of 16) per group,
+rounded up to 1, 2, 4 or a multiple of 8, group g occupies K' positions
+``[g*16*gst, g*16*gst + count_g)`` (its input columns in increasing k), the rest of the run is
+padding; K' is a multiple of 128. ``perm[K']`` (int32) holds each position's original column or
+-1. Act-order therefore costs no permuted copy of the weights: the weights are stored once, in K'
+order, and the kernel gathers x through ``perm``. With contiguous groups of 16*gst columns
+(``g_idx = k // group_size``, the last group possibly short), K' order is K order and x is read
+in place ("direct" layout).
+
+N is padded to N' (multiple of 64). The weights are ``(N'/16) n-tiles x (K'/128) units x 32 lanes
+x 8*bits/32 words``: one (n-tile, unit) is a contiguous block of ``256*bits`` bytes that a warp
+reads with one 16-byte vector per lane per 512 bytes (3-bit: a 16-byte and an 8-byte vector).
+Lane ``l = 4*g + t`` holds, for k-step ``ts`` (0..7) of the unit, the 8 codes of its mma.m16n8k16
+A fragment of W^T: pairs ``pr`` 0..3 = (n = g + 8*(pr & 1), j = 2*(pr >> 1) + {0, 1}) at K'
+position ``u*128 + (ts // TS)*S + t*(S/4) + (ts % TS)*4 + j`` (span ``S = 16*min(gst, 8)``,
+``TS = S/16``), so each lane's x fragment of a k-step is 4 consecutive K' positions. Within the
+lane's words, the two codes of a pair sit 16 bits apart, so one shift and one LOP3 with 0x6400
+make ``half2(1024 + q_lo, 1024 + q_hi)``:
+
+- 4 bits: word ts, nibble ``pr + 4*hi``;   2 bits: word ts//2, field ``p + 8*hi``, p = 4*(ts%2)+pr;
+- 8 bits: word ``2*ts + pr//2``, byte ``pr%2 + 2*hi``;
+- 3 bits: 32 codes (k-steps 4r..4r+3, p = 4*(ts%4)+pr) in words 3r..3r+2: pairs p < 15 at bits
+  ``3*(p%5) + 16*hi`` of word ``3r + p//5``; pair 15's three bits in bit ``15 + 16*hi`` of words
+  3r, 3r+1, 3r+2 (low bit first). Exactly 3 bits per weight.
+
+``sz`` uint32 [G', N'] = half2(scale in fp16, 1024 + zero); padding (scale 0, zero 0).
+``W = scale * (q - zero)`` = ``scale * ((1024 + q) - (1024 + zero))``, exact in fp16 before the scale.
+
+Paths of `quant_matmul` (M = rows of x):
+
+- M <= MAX_FUSED_M: `qgemm_small`, one fused tensor-core kernel that streams the packed weights
+  once (see gptq_cuda.cu). M = 1 stages x in shared memory (4 blocks per SM for 3/4 bits); other
+  M read x from global memory. Act-order, fp32 or unaligned x first go through `prep_x` (one small
+  kernel: x in K' order, fp16).
+- larger M (prefill): `dequant_tc` writes W^T in fp16 (K' order) to a scratch buffer, then cuBLAS.
+
+Launchers take CuPy arrays on the current device and run on the current CuPy stream; kernels are
+compiled once per process and device through `cupy.RawModule` (and cached on disk by CuPy).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .reference import packed_rows, unpack_codes, unpack_zeros
+
+SOURCE = "gptq_cuda.cu"
+UNIT = 128  # K' positions per unit (8 mma k-steps)
+N_ALIGN = 64  # N' multiple
+THREADS = 256  # 8 warps per block (WARPS in the .cu)
+WORDS_PER_UNIT = {2: 4, 3: 6, 4: 8, 8: 16}  # per lane
+MAX_FUSED_M = 32  # above: dequantize to fp16 + cuBLAS (measured faster from M = 64 on an H100)
+#: Largest staged x (shared memory per block) for each occupancy (blocks per SM) of the fused kernel.
+XS_MAX_BYTES = {2: 110 * 1024, 3: 72 * 1024, 4: 52 * 1024}
+#: Batch rows for which the fused kernel stages x in shared memory by default. Measured on an H100
+#: (tools/bench_kernels.py): staged + 4 blocks/SM is the fastest at M = 1 (8192 x 28672 4-bit:
+#: 50 us against 53-63 us for the other variants), x read from global memory is faster at M = 4.
+STAGE_MAX_M = 1
+SZ_PAD = 0x64000000
+_OPTIONS = ("-std=c++17",)
+
+
+# ------------------------------------------------------------------------------------------------
+# layout (NumPy, no GPU needed)
+
+
+@dataclass(frozen=True, eq=False)
+class TileLayout:
+    """Shape of one Linear in the GPU tile layout (see module docstring).
+
+    perm: int32 [Kp], original column of each K' position, -1 for padding.
+    """
+
+    bits: int
+    K: int
+    N: int
+    G: int
+    gst: int  # mma k-steps (16 positions) per group in K': 1, 2, 4 or a multiple of 8
+    Kp: int
+    Np: int
+    Gp: int
+    direct: bool  # K' order is K order on [0, K) and K % 8 == 0: x is read in place
+    perm: np.ndarray
+
+    @property
+    def nu(self) -> int:
+        """Units (128 K' positions) per n-tile."""
+        return self.Kp // UNIT
+
+    @property
+    def gstc(self) -> int:
+        """Compile-time group class of the kernels: gst, or 8 for every multiple of 8."""
+        return min(self.gst, 8)
+
+    @property
+    def span(self) -> int:
+        return 16 * self.gstc
+
+    @property
+    def upg(self) -> int:
+        """Units per group (gst >= 8)."""
+        return max(self.gst // 8, 1)
+
+    @property
+    def words(self) -> int:
+        """uint32 words of the weight tensor."""
+        return (self.Np // 16) * self.nu * 32 * WORDS_PER_UNIT[self.bits]
+
+
+def _check_bits(bits: int) -> int:
+    if bits not in WORDS_PER_UNIT:
+        raise ValueError(f"bits must be one of {sorted(WORDS_PER_UNIT)}, got {bits}")
+    return bits
+
+
+def plan_layout(g_idx: np.ndarray, bits: int, in_features: int, out_features: int, n_groups: int) -> TileLayout:
+    """Padding and order of K' for `g_idx` [K] (groups 0..n_groups-1, any order: act-order)."""
+    _check_bits(bits)
+    K, N, G = int(in_features), int(out_features), int(n_groups)
+    if K <= 0 or N <= 0 or G <= 0:
+        raise ValueError(f"K, N and the number of groups must be positive, got K={K} N={N} G={G}")
+    g = np.asarray(g_idx).astype(np.int64, copy=False).reshape(-1)
+    if g.shape != (K,):
+        raise ValueError(f"g_idx must have shape ({K},), got {np.asarray(g_idx).shape}")
+    if g.min() < 0 or g.max() >= G:
+        raise ValueError(f"g_idx values must lie in [0, {G}), got [{g.min()}, {g.max()}]")
+    counts = np.bincount(g, minlength=G)
+    steps = max(1, -(-int(counts.max()) // 16))
+    gst = 1 if steps == 1 else 2 if steps == 2 else 4 if steps <= 4 else -(-steps // 8) * 8
+    gk = 16 * gst
+    Kp = -(-G * gk // UNIT) * UNIT
+    Gp = -(-Kp // gk)
+    order = np.argsort(g, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    gs = g[order]
+    pos = gs * gk + (np.arange(K) - starts[gs])
+    perm = np.full(Kp, -1, np.int32)
+    perm[pos] = order
+    direct = K % 8 == 0 and bool(np.array_equal(perm[:K], np.arange(K)))
+    Np = -(-N // N_ALIGN) * N_ALIGN
+    return TileLayout(bits, K, N, G, gst, Kp, Np, Gp, direct, perm)
+
+
+def _slot_positions(lay: TileLayout, ts: int, pr: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """K' position [NU, 32] and output n [ntiles, 32] of one code of every lane's unit."""
+    lane = np.arange(32)
+    g, t = lane >> 2, lane & 3
+    S, TS = lay.span, lay.span // 16
+    j = 2 * (pr >> 1) + hi
+    kp = np.arange(lay.nu)[:, None] * UNIT + (ts // TS) * S + t[None, :] * (S // 4) + (ts % TS) * 4 + j
+    n = np.arange(lay.Np // 16)[:, None] * 16 + g[None, :] + 8 * (pr & 1)
+    return kp, n
+
+
+def _code_bits(bits: int, ts: int, pr: int, hi: int) -> list[tuple[int, int, int]]:
+    """(word, shift, code bit mask) pieces that place one code in a lane's unit words."""
+    if bits == 4:
+        return [(ts, 4 * (pr + 4 * hi), 0xF)]
+    if bits == 2:
+        p = (ts & 1) * 4 + pr
+        return [(ts >> 1, 2 * (p + 8 * hi), 0x3)]
+    if bits == 8:
+        return [(2 * ts + (pr >> 1), 8 * ((pr & 1) + 2 * hi), 0xFF)]
+    tr, p = ts >> 2, (ts & 3) * 4 + pr
+    if p < 15:
+        return [(3 * tr + p // 5, 3 * (p % 5) + 16 * hi, 0x7)]
+    return [(3 * tr + b, 15 + 16 * hi - b, 1 << b) for b in range(3)]  # bit b of the code -> bit 15/31
+
+
+def _to_memory_order(words: np.ndarray, bits: int) -> np.ndarray:
+    """[ntiles, NU, 32, WPU] lane words -> the flat uint32 tensor (16-byte vectors per lane)."""
+    nt, nu = words.shape[:2]
+    if bits == 3:
+        return np.concatenate([words[..., :4].reshape(nt, nu, 128), words[..., 4:].reshape(nt, nu, 64)], axis=2).ravel()
+    wpu = WORDS_PER_UNIT[bits]
+    return words.reshape(nt, nu, 32, wpu // 4, 4).transpose(0, 1, 3, 2, 4).ravel()
+
+
+def _from_memory_order(flat: np.ndarray, lay: TileLayout) -> np.ndarray:
+    nt, nu, bits = lay.Np // 16, lay.nu, lay.bits
+    wpu = WORDS_PER_UNIT[bits]
+    flat = np.asarray(flat, dtype=np.uint32).reshape(nt, nu, 32 * wpu)
+    if bits == 3:
+        return np.concatenate([flat[..., :128].reshape(nt, nu, 32, 4), flat[..., 128:].reshape(nt, nu, 32, 2)], axis=3)
+    return flat.reshape(nt, nu, wpu // 4, 32, 4).transpose(0, 1, 3, 2, 4).reshape(nt, nu, 32, wpu)
+
+
+def repack_numpy(
+    qweight: np.ndarray,
+    scales: np.ndarray,
+    qzeros: np.ndarray,
+    g_idx: np.ndarray,
+    bits: int,
+    in_features: int,
+    out_features: int,
+) -> tuple[TileLayout, np.ndarray, np.ndarray]:
+    """CPU format -> (layout, tc words uint32 [layout.words], sz uint32 [Gp, Np]); the reference
+    that the GPU repack kernels are tested against, bit for bit."""
+    K, N = int(in_features), int(out_features)
+    scales = np.asarray(scales, dtype=np.float32)
+    lay = plan_layout(g_idx, bits, K, N, scales.shape[0])
+    codes = unpack_codes(np.asarray(qweight), bits, K)  # [K, N]
+    C = np.zeros((lay.Kp, lay.Np), np.uint32)
+    valid = np.nonzero(lay.perm >= 0)[0]
+    C[valid, :N] = codes[lay.perm[valid]]
+    wpu = WORDS_PER_UNIT[bits]
+    words = np.zeros((lay.Np // 16, lay.nu, 32, wpu), np.uint32)
+    for ts in range(8):
+        for pr in range(4):
+            for hi in range(2):
+                kp, n = _slot_positions(lay, ts, pr, hi)
+                code = C[kp[None, :, :], n[:, None, :]]
+                for word, shift, mask in _code_bits(bits, ts, pr, hi):
+                    piece = code & np.uint32(mask)
+                    if shift >= 0:
+                        words[..., word] |= piece << np.uint32(shift)
+                    else:  # pragma: no cover - never negative for the documented layout
+                        words[..., word] |= piece >> np.uint32(-shift)
+    sz = np.full((lay.Gp, lay.Np), SZ_PAD, np.uint32)
+    z = unpack_zeros(np.asarray(qzeros), bits, N).astype(np.uint32)
+    lo = scales.astype(np.float16).view(np.uint16).astype(np.uint32)
+    sz[: lay.G, :N] = lo | ((np.uint32(0x6400) | z) << np.uint32(16))
+    return lay, _to_memory_order(words, bits), sz
+
+
+def unpack_tc_numpy(lay: TileLayout, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tc words -> (codes uint8 [K, N] in the original column order, padding codes [Kp, Np] mask
+    of nonzero codes found where the layout has no weight: must be all False)."""
+    bits = lay.bits
+    words = _from_memory_order(qw, lay)
+    C = np.zeros((lay.Kp, lay.Np), np.uint32)
+    for ts in range(8):
+        for pr in range(4):
+            for hi in range(2):
+                kp, n = _slot_positions(lay, ts, pr, hi)
+                code = np.zeros(words.shape[:3], np.uint32)
+                for word, shift, mask in _code_bits(bits, ts, pr, hi):
+                    code |= (words[..., word] >> np.uint32(shift)) & np.uint32(mask)
+                C[kp[None, :, :], n[:, None, :]] = code
+    valid = np.nonzero(lay.perm >= 0)[0]
+    codes = np.zeros((lay.K, lay.N), np.uint8)
+    codes[lay.perm[valid]] = C[valid, : lay.N]
+    pad = C.astype(bool)
+    pad[valid, : lay.N] = False
+    return codes, pad
+
+
+def decode_sz_numpy(lay: TileLayout, sz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sz -> (scales float32 [G, N] as rounded to fp16, zeros uint8 [G, N])."""
+    sz = np.asarray(sz, dtype=np.uint32)[: lay.G, : lay.N]
+    scales = (sz & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float32)
+    zeros = ((sz >> 16) - 0x6400).astype(np.uint8)
+    return scales, zeros
+
+
+# ------------------------------------------------------------------------------------------------
+# CuPy: compilation
+
+_lock = threading.Lock()
+_functions: dict[tuple[int, str], Any] = {}
+
+
+def _cupy():
+    import cupy
+
+    return cupy
+
+
+def source() -> str:
+    """The CUDA source of every kernel (package data of gptq_export.kernels)."""
+    return importlib.resources.files(__package__).joinpath(SOURCE).read_text()
+
+
+def cuda_available() -> str | None:
+    """None when CuPy and a CUDA device are usable, else why not (one line)."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed (pip install 'gptq-export[cuda]')"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as exc:  # CUDARuntimeError when there is no driver
+        return f"no usable CUDA device ({str(exc).splitlines()[0][:200]})"
+    return None
+
+
+def small_kernel_name(bits: int, mt: int, nt: int, gstc: int, xs: bool, occ: int = 2) -> str:
+    return f"qgemm_small<{bits},{mt},{nt},{gstc},{int(xs)},{occ}>"
+
+
+def dequant_kernel_name(bits: int, gstc: int) -> str:
+    return f"dequant_tc<{bits},{gstc}>"
+
+
+def repack_kernel_name(bits: int) -> str:
+    return f"repack_tc<{bits}>"
+
+
+def function(name: str):
+    """The compiled kernel `name` (a name expression of gptq_cuda.cu) on the current device."""
+    cp = _cupy()
+    key = (cp.cuda.runtime.getDevice(), name)
+    fn = _functions.get(key)
+    if fn is None:
+        with _lock:
+            fn = _functions.get(key)
+            if fn is None:
+                module = cp.RawModule(code=source(), options=_OPTIONS, name_expressions=(name,))
+                fn = module.get_function(name)
+                if name.startswith("qgemm_small<") and name.split(",")[4] == "1":  # staged x: > 48 KB
+                    fn.max_dynamic_shared_size_bytes = XS_MAX_BYTES[int(name[-2])]
+                _functions[key] = fn
+    return fn
+
+
+def _compile_one(name: str) -> str:
+    function(name)
+    return name
+
+
+def precompile(names: list[str], workers: int | None = None) -> None:
+    """Compile kernels in parallel processes, filling CuPy's on-disk cache; later `function`
+    calls in any process then only load them. Each compile takes seconds (NVRTC, unrolled code)."""
+    import concurrent.futures
+    import multiprocessing
+
+    names = sorted(set(names))
+    workers = max(1, min(workers or (os.cpu_count() or 2) // 2, len(names)))
+    if workers == 1:
+        for n in names:
+            function(n)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            list(pool.map(_compile_one, names))
+    except concurrent.futures.process.BrokenProcessPool:  # a worker died: finish here, one by one
+        for n in names:
+            function(n)
+
+
+def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8)) -> list[str]:
+    """Kernels the tests and benchmarks use (for `precompile`)."""
+    names = ["repack_sz", "prep_x"]
+    for b in bits:
+        names.append(repack_kernel_name(b))
+        for gc in gstcs:
+            names.append(dequant_kernel_name(b, gc))
+            for mt in mts:
+                nt = _default_nt(b, mt, gc, None)
+                names.append(small_kernel_name(b, mt, nt, gc, False))
+                if mt <= 2:
+                    names += [small_kernel_name(b, mt, nt, gc, True, occ) for occ in {2, _default_occ(b, mt, gc)}]
+    for b in (3, 4):  # tile and occupancy variants of the tests and benchmarks
+        names += [small_kernel_name(b, mt, nt, 8, False) for mt, nt in ((2, 1), (2, 2), (4, 1), (4, 2))]
+        names += [small_kernel_name(b, 2, 1, 8, True)] + [small_kernel_name(b, 1, 1, 8, True, o) for o in (3, 4)]
+    return sorted(set(names))
+
+
+# ------------------------------------------------------------------------------------------------
+# CuPy: weights on the GPU
+
+
+def _i32(v: int) -> np.int32:
+    return np.int32(v)
+
+
+_NULL = np.uint64(0)
+
+
+@dataclass(eq=False)
+class GpuLinear:
+    """One quantized Linear on the GPU, in the tile layout.
+
+    qw: uint32 [layout.words]; sz: uint32 [Gp, Np]; perm: int32 [Kp] (CuPy arrays, one device).
+    """
+
+    layout: TileLayout
+    qw: Any
+    sz: Any
+    perm: Any
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.qw.nbytes + self.sz.nbytes + self.perm.nbytes)
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes of weights + scales/zeros one fused matmul reads."""
+        return int(self.qw.nbytes + self.sz.nbytes)
+
+    @classmethod
+    def from_packed(cls, qweight, scales, qzeros, g_idx, bits: int, in_features: int, out_features: int) -> GpuLinear:
+        """Upload (if needed) and repack the CPU format on the current device.
+
+        qweight int32 [ceil(K/32)*bits, N]; scales float32 [G, N] (fp16 accepted);
+        qzeros int32 [G, ceil(N/32)*bits]; g_idx int32 [K] — NumPy or CuPy arrays (or anything
+        `cupy.asarray` takes, e.g. CUDA tensors through __cuda_array_interface__).
+        """
+        cp = _cupy()
+        bits, K, N = _check_bits(int(bits)), int(in_features), int(out_features)
+        g_host = cp.asnumpy(g_idx) if isinstance(g_idx, cp.ndarray) else np.asarray(g_idx)
+        q = cp.ascontiguousarray(cp.asarray(qweight))
+        s = cp.ascontiguousarray(cp.asarray(scales, dtype=cp.float32))
+        z = cp.ascontiguousarray(cp.asarray(qzeros))
+        if q.dtype.itemsize != 4 or q.dtype.kind not in "iu" or q.shape != (packed_rows(K, bits), N):
+            raise ValueError(f"qweight must be int32 [{packed_rows(K, bits)}, {N}], got {q.dtype} {q.shape}")
+        if s.ndim != 2 or s.shape[1] != N:
+            raise ValueError(f"scales must be [groups, {N}], got {s.shape}")
+        G = s.shape[0]
+        if z.dtype.itemsize != 4 or z.dtype.kind not in "iu" or z.shape != (G, packed_rows(N, bits)):
+            raise ValueError(f"qzeros must be int32 [{G}, {packed_rows(N, bits)}], got {z.dtype} {z.shape}")
+        lay = plan_layout(g_host, bits, K, N, G)
+        perm = cp.asarray(lay.perm)
+        qw = cp.empty(lay.words, dtype=cp.uint32)
+        threads = (lay.Np // 16) * lay.nu * 32
+        function(repack_kernel_name(bits))(
+            ((threads + THREADS - 1) // THREADS,), (THREADS,),
+            (q, _i32(K), _i32(N), perm, _i32(lay.Np), _i32(lay.nu), _i32(lay.span), qw),
+        )
+        sz = cp.empty((lay.Gp, lay.Np), dtype=cp.uint32)
+        function("repack_sz")(
+            ((sz.size + THREADS - 1) // THREADS,), (THREADS,),
+            (s, z, _i32(G), _i32(N), _i32(bits), _i32(lay.Gp), _i32(lay.Np), sz),
+        )
+        return cls(lay, qw, sz, perm)
+
+
+# ------------------------------------------------------------------------------------------------
+# CuPy: matmul
+
+
+def _default_nt(bits: int, mt: int, gstc: int, N: int | None) -> int:
+    """Output tiles (16 columns) per warp: 2 shares each x fragment between 32 columns at MT = 2
+    (M 9..16) when the prefetch slot stays small enough to fit 128 registers without spills."""
+    ngu = 8 // gstc if gstc < 8 else 1
+    return 2 if mt == 2 and WORDS_PER_UNIT[bits] + 2 * ngu <= 12 else 1
+
+
+def _default_occ(bits: int, mt: int, gstc: int) -> int:
+    """Blocks per SM of the staged-x kernel: 4 (64 registers, 2 units in flight per warp) for 3/4
+    bits with groups >= 128 (measured fastest), 3 (80 registers) where its prefetch slots fit
+    without spills, else 2."""
+    ngu = 8 // gstc if gstc < 8 else 1
+    if mt == 1 and gstc == 8 and bits in (3, 4):
+        return 4
+    return 3 if mt == 1 and WORDS_PER_UNIT[bits] + 2 * ngu <= 10 else 2
+
+
+def _mt_for(M: int) -> int:
+    return 1 if M <= 8 else 2 if M <= 16 else 4 if M <= 32 else 8
+
+
+def fused_config(layer: GpuLinear, M: int, mt: int | None = None, nt: int | None = None) -> tuple[int, int]:
+    """(MT, NT) of the small-M kernel for M rows (see `_default_nt`)."""
+    lay = layer.layout
+    mt = mt or _mt_for(min(M, 8 * 8))
+    nt = nt or _default_nt(lay.bits, mt, lay.gstc, lay.N)
+    if mt not in (1, 2, 4, 8) or nt not in (1, 2, 4):
+        raise ValueError(f"unsupported kernel tile MT={mt} NT={nt}")
+    return mt, nt
+
+
+def _as_rows(x, K: int):
+    cp = _cupy()
+    if not isinstance(x, cp.ndarray):
+        raise TypeError(f"x must be a CuPy array, got {type(x).__name__}")
+    if x.dtype not in (cp.float16, cp.float32):
+        raise TypeError(f"x must be float16 or float32, got {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != K:
+        raise ValueError(f"x must be [..., {K}], got {x.shape}")
+    return cp.ascontiguousarray(x).reshape(-1, K)
+
+
+def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None) -> int:
+    """Blocks per SM (occupancy) with which the fused kernel stages x in shared memory, or 0 when
+    it does not (MT > 2, or x too large even at 2 blocks per SM)."""
+    if mt > 2 or M > 8 * mt:
+        return 0
+    nbytes = (M + 1) * (layer.layout.Kp + 8) * 2
+    first = occ or _default_occ(layer.layout.bits, mt, layer.layout.gstc)
+    for o in (first, 2) if occ is None else (occ,):
+        if nbytes <= XS_MAX_BYTES[o]:
+            return o
+    return 0
+
+
+def x_in_place(layer: GpuLinear, x2) -> bool:
+    """x readable by 16-byte loads in K' order: fp16, direct layout, 16-byte aligned rows."""
+    cp = _cupy()
+    return x2.dtype == cp.float16 and layer.layout.direct and x2.data.ptr % 16 == 0
+
+
+def prep_x_needed(layer: GpuLinear, x2, M: int | None = None, mt: int | None = None, xs: bool | None = None) -> bool:
+    """Whether `quant_matmul` (fused path, defaults as given) needs an [M, Kp] fp16 buffer for x in
+    K' order (pass one as `xbuf` to keep allocations with the caller, e.g. PyTorch): x is not
+    readable in place (act-order, fp32, unaligned) and the kernel does not gather it itself (it
+    does only when xs=True is asked for explicitly: that staging gather is slower than prep_x)."""
+    return not xs and not x_in_place(layer, x2)
+
+
+def gather_x(layer: GpuLinear, x2, out=None):
+    """x [M, K] (fp16 or fp32, any alignment) -> fp16 [M, Kp] in K' order (zeros at padding)."""
+    cp = _cupy()
+    lay = layer.layout
+    M = x2.shape[0]
+    if out is None:
+        out = cp.empty((M, lay.Kp), dtype=cp.float16)
+    elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float16 or out.shape != (M, lay.Kp)
+          or not out.flags.c_contiguous):
+        raise ValueError(f"the x buffer must be a C-contiguous CuPy float16 array of shape {(M, lay.Kp)}")
+    pairs = M * lay.Kp // 2
+    if pairs:
+        function("prep_x")(
+            ((pairs + THREADS - 1) // THREADS,), (THREADS,),
+            (x2, _i32(lay.K), _i32(lay.K), _i32(x2.dtype == cp.float32), _i32(int(not lay.direct)), layer.perm,
+             out, _i32(M), _i32(lay.Kp)),
+        )
+    return out
+
+
+def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto", mt: int | None = None,
+                 nt: int | None = None, xs: bool | None = None, occ: int | None = None, xbuf=None):
+    """y[..., N] = x[..., K] @ W + bias on the current device and CuPy stream.
+
+    x: CuPy float16 or float32 [..., K] (copied if not C-contiguous); y has x's dtype.
+    bias: CuPy float32 [N] or None. out: optional C-contiguous CuPy array [..., N] of x's dtype.
+    path: "fused" (tensor-core kernel reading the packed weights once; any M, in grid rows of
+    8*MT), "dequant" (fp16 W^T into a scratch buffer, then cuBLAS), or "auto" (fused for
+    M <= MAX_FUSED_M). mt / nt / xs / occ override the fused kernel's tile, x staging and
+    blocks per SM of the staged kernel (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
+    `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
+    when needed and None.
+    """
+    cp = _cupy()
+    lay = layer.layout
+    K, N = lay.K, lay.N
+    x2 = _as_rows(x, K)
+    M = x2.shape[0]
+    lead = x.shape[:-1]
+    if bias is not None:
+        if not isinstance(bias, cp.ndarray) or bias.dtype != cp.float32 or bias.shape != (N,):
+            raise ValueError(f"bias must be a CuPy float32 [{N}] array")
+        bias = cp.ascontiguousarray(bias)
+    if out is None:
+        out = cp.empty((*lead, N), dtype=x.dtype)
+    elif (not isinstance(out, cp.ndarray) or out.dtype != x.dtype or out.shape != (*lead, N)
+          or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous CuPy {x.dtype} array of shape {(*lead, N)}")
+    if M == 0:
+        return out
+    if path == "auto":
+        path = "fused" if M <= MAX_FUSED_M else "dequant"
+    if path == "fused":
+        mt, nt = fused_config(layer, M, mt, nt)
+        so = staged_x(layer, M, mt, occ)
+        if xs and not so:
+            raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}")
+        explicit = xs is not None
+        xs = bool(xs) if explicit else bool(so) and M <= STAGE_MAX_M
+        occ = so if xs else 2
+        xin, ldx, kx, x_f32, gather, smem = x2, K, K, int(x2.dtype == cp.float32), 0, 0
+        if not x_in_place(layer, x2):
+            if xs and explicit:  # the kernel's staging gathers / casts x itself
+                gather = int(not lay.direct or x2.data.ptr % 16 != 0)
+            else:  # x in K' order, fp16, first (a small kernel): faster than gathering per block
+                xin, ldx, kx, x_f32 = gather_x(layer, x2, xbuf), lay.Kp, lay.Kp, 0
+        if xs:
+            smem = (M + 1) * (lay.Kp + 8) * 2
+        grid = (lay.Np // (16 * nt), -(-M // (8 * mt)))
+        upg = lay.upg
+        ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
+        function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ))(
+            grid, (THREADS,),
+            (xin, _i32(ldx), _i32(kx), _i32(x_f32), _i32(gather), layer.qw, layer.sz, layer.perm,
+             bias if bias is not None else _NULL, out, _i32(N), _i32(out.dtype == cp.float32),
+             _i32(M), _i32(N), _i32(lay.Np), _i32(lay.nu), _i32(upg), _i32(ushift)),
+            shared_mem=smem,
+        )
+        return out
+    if path != "dequant":
+        raise ValueError(f"path must be 'auto', 'fused' or 'dequant', got {path!r}")
+    wt = dequantize(layer)
+    if x_in_place(layer, x2):
+        y = cp.matmul(x2, wt[:, :K].T)
+    else:
+        y = cp.matmul(gather_x(layer, x2, xbuf), wt.T)
+    if bias is not None:
+        y = y + bias
+    out.reshape(M, N)[...] = y.astype(out.dtype, copy=False)
+    return out
+
+
+def dequantize(layer: GpuLinear, out=None):
+    """W^T [N, Kp] fp16 in K' order (CuPy; `out` C-contiguous [N, Kp] fp16): column kp holds
+    original column layout.perm[kp] (padding columns: whatever the codes give; x is 0 there)."""
+    cp = _cupy()
+    lay = layer.layout
+    if out is None:
+        out = cp.empty((lay.N, lay.Kp), dtype=cp.float16)
+    elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float16 or out.shape != (lay.N, lay.Kp)
+          or not out.flags.c_contiguous):
+        raise ValueError(f"out must be a C-contiguous CuPy float16 array of shape {(lay.N, lay.Kp)}")
+    tasks = (lay.Np // 16) * lay.nu
+    blocks = max(1, min(-(-tasks // (THREADS // 32)), 65535))
+    function(dequant_kernel_name(lay.bits, lay.gstc))(
+        (blocks,), (THREADS,),
+        (layer.qw, layer.sz, out, _i32(lay.Kp), _i32(lay.Kp), _i32(lay.N), _i32(lay.Np), _i32(lay.nu),
+         _i32(lay.upg)),
+    )
+    return out

@@ -1,0 +1,142 @@
+"""PyTorch front end of the CUDA kernels: the CUDA implementation of `gptq_export::quant_linear`
+and of `QuantLinear.forward`.
+
+Tensors cross to CuPy without copies through DLPack, kernels run on PyTorch's current stream (so
+they order with PyTorch's own work and can be captured in CUDA graphs), and every buffer a call
+needs (output, prefill scratch) is allocated by PyTorch's caching allocator. The GPU tile layout
+of a layer is built once (repack on the GPU) and cached by the identity of its packed tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+
+import torch
+
+from . import cuda as kc
+
+_lock = threading.Lock()
+_layers: dict[int, tuple[weakref.ref, tuple, kc.GpuLinear]] = {}
+_streams: dict[tuple[int, int], object] = {}
+
+
+def to_cupy(t: torch.Tensor, device: torch.device | None = None):
+    """Zero-copy CuPy view of a CUDA tensor (DLPack); a CPU tensor is uploaded to `device`."""
+    import cupy
+
+    t = t.detach()
+    if t.is_cuda:
+        return cupy.from_dlpack(t)
+    if device is None or device.type != "cuda":
+        raise ValueError("a CPU tensor needs a CUDA device to be uploaded to")
+    with cupy.cuda.Device(device.index or 0):
+        return cupy.asarray(t.contiguous().numpy())
+
+
+class _On:
+    """Context: CuPy's current device and stream = PyTorch's for `device`."""
+
+    def __init__(self, device: torch.device):
+        import cupy
+
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        ptr = torch.cuda.current_stream(self.index).cuda_stream
+        key = (self.index, ptr)
+        stream = _streams.get(key)
+        if stream is None:
+            stream = _streams[key] = cupy.cuda.ExternalStream(ptr, self.index)
+        self.device = cupy.cuda.Device(self.index)
+        self.stream = stream
+
+    def __enter__(self):
+        self.device.__enter__()
+        self.stream.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.stream.__exit__(*exc)
+        self.device.__exit__(*exc)
+
+
+def _signature(*tensors: torch.Tensor) -> tuple:
+    return tuple((t.data_ptr(), t._version, t.shape, t.dtype, t.device) for t in tensors)
+
+
+def gpu_linear(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, g_idx: torch.Tensor, bits: int,
+               in_features: int, out_features: int, device: torch.device) -> kc.GpuLinear:
+    """The layer's GPU tile layout on `device`, built on first use (cached while `qweight` lives
+    and none of the four tensors changed)."""
+    sig = (_signature(qweight, scales, qzeros, g_idx), bits, in_features, out_features, device)
+    key = id(qweight)
+    hit = _layers.get(key)
+    if hit is not None and hit[0]() is qweight and hit[1] == sig:
+        return hit[2]
+    with _On(device):
+        layer = kc.GpuLinear.from_packed(
+            to_cupy(qweight, device), to_cupy(scales.float(), device), to_cupy(qzeros, device),
+            g_idx.detach().cpu().numpy(), bits, in_features, out_features,
+        )
+
+    def _drop(ref, key=key):
+        with _lock:
+            entry = _layers.get(key)
+            if entry is not None and entry[0] is ref:
+                del _layers[key]
+
+    with _lock:
+        _layers[key] = (weakref.ref(qweight, _drop), sig, layer)
+    return layer
+
+
+def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
+    """y[..., N] = x[..., K] @ W + bias for a CUDA tensor x (fp16, fp32; bf16 through fp16).
+
+    bias: CUDA float32 [N] or None. path: "auto", "fused" or "dequant" (see kernels.cuda).
+    The prefill path ("dequant", auto for M > kernels.cuda.MAX_FUSED_M) writes W^T in fp16 (K'
+    order) to a scratch tensor and multiplies with PyTorch (cuBLAS).
+    """
+    lay = layer.layout
+    K, N = lay.K, lay.N
+    if x.shape[-1] != K:
+        raise ValueError(f"x must be [..., {K}], got {tuple(x.shape)}")
+    out_dtype = x.dtype
+    xc = x if x.dtype in (torch.float16, torch.float32) else x.to(torch.float16)
+    x2 = xc.reshape(-1, K)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    M = x2.shape[0]
+    if M == 0:
+        return x.new_empty((*x.shape[:-1], N))
+    if path == "auto":
+        path = "fused" if M <= kc.MAX_FUSED_M else "dequant"
+    with _On(x.device):
+        xc2 = to_cupy(x2)
+        if path == "dequant":
+            wt = torch.empty((N, lay.Kp), dtype=torch.float16, device=x.device)  # K' order
+            kc.dequantize(layer, out=to_cupy(wt))
+            if kc.x_in_place(layer, xc2):
+                y = torch.nn.functional.linear(x2, wt[:, :K])
+            else:
+                xg = torch.empty((M, lay.Kp), dtype=torch.float16, device=x.device)
+                kc.gather_x(layer, xc2, to_cupy(xg))
+                y = torch.nn.functional.linear(xg, wt)
+            if bias is not None:
+                y = y.float().add_(bias) if out_dtype == torch.float32 else y.add_(bias.to(y.dtype))
+        else:
+            y = torch.empty((M, N), dtype=x2.dtype, device=x.device)
+            xbuf = None
+            if kc.prep_x_needed(layer, xc2):
+                xbuf = to_cupy(torch.empty((M, lay.Kp), dtype=torch.float16, device=x.device))
+            kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path="fused",
+                            xbuf=xbuf)
+    return y.to(out_dtype).reshape(*x.shape[:-1], N)
+
+
+def quant_linear_cuda(x, qweight, scales, qzeros, g_idx, bias, in_features, out_features, bits, group_size=None):
+    """CUDA implementation of gptq_export::quant_linear (arguments as the op; bias of size 0 = none)."""
+    layer = gpu_linear(qweight, scales, qzeros, g_idx, bits, in_features, out_features, x.device)
+    b = None
+    if bias is not None and bias.numel():
+        b = bias.detach().to(device=x.device, dtype=torch.float32).contiguous()
+    return linear(x, layer, b)

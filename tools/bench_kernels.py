@@ -1,0 +1,291 @@
+"""Benchmark of the CUDA quant-matmul kernels against fp16 cuBLAS and PyTorch's int4 kernel.
+
+    python tools/bench_kernels.py            # all shapes and M; table last, $OUT/bench.json
+    python tools/bench_kernels.py --quick    # two shapes, M in {1, 16, 512}
+
+Measures the device-to-device copy bandwidth first (bytes read + written), then for each weight
+shape K x N and batch M: y = x @ W with
+  fp16   torch.nn.functional.linear on an fp16 weight (cuBLAS);
+  int4   torch.ops.aten._weight_int4pack_mm (PyTorch's tinygemm, group 128, bf16), where available;
+  w4/w3  ours (gptq_export.kernels, torch front end), group 128, without and with act-order
+         (random g_idx permutation: activations gathered through perm inside the kernel).
+Times are medians of CUDA-event timings over batches of back-to-back calls queued behind a GPU
+sleep (so host launch overhead is not timed), rotating among enough weight/activation copies that
+the working set exceeds 3x the L2 cache. GB/s counts packed weights + scales/zeros + x + y.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 8192), (8192, 28672)]
+MS = [1, 4, 16, 64, 512]
+GROUP = 128
+
+
+class Timer:
+    def __init__(self, device):
+        self.device = device
+        self.start = torch.cuda.Event(enable_timing=True)
+        self.end = torch.cuda.Event(enable_timing=True)
+        # Calibrate torch.cuda._sleep (cycles) -> ms, to hide the host enqueue time of a batch.
+        self.cycles_per_ms = None
+        try:
+            torch.cuda._sleep(1000)
+            torch.cuda.synchronize()
+            self.start.record()
+            torch.cuda._sleep(10_000_000)
+            self.end.record()
+            self.end.synchronize()
+            self.cycles_per_ms = 10_000_000 / self.start.elapsed_time(self.end)
+        except Exception:
+            pass
+
+    def per_call_ms(self, fn, ncopy: int, reps: int = 7, target_ms: float = 3.0) -> float:
+        """Median over `reps` batches of the mean time of one call (calls rotate among copies).
+
+        Each batch is queued behind a GPU sleep longer than the host takes to enqueue it (measured
+        on the previous batch), so that the GPU runs the calls back to back."""
+        for i in range(2 * ncopy):
+            fn(i % ncopy)
+        torch.cuda.synchronize()
+        self.start.record()
+        fn(0)
+        self.end.record()
+        self.end.synchronize()
+        est = max(self.start.elapsed_time(self.end), 1e-3)
+        iters = int(min(100, max(2 * ncopy, math.ceil(target_ms / est))))
+        host_ms = 0.08 * iters  # first guess: 80 us per call
+        times = []
+        for _ in range(reps):
+            if self.cycles_per_ms:
+                torch.cuda._sleep(int(self.cycles_per_ms * (0.5 + 1.5 * host_ms)))
+            t0 = time.perf_counter()
+            self.start.record()
+            for i in range(iters):
+                fn(i % ncopy)
+            self.end.record()
+            host_ms = (time.perf_counter() - t0) * 1e3
+            self.end.synchronize()
+            times.append(self.start.elapsed_time(self.end) / iters)
+        return statistics.median(times)
+
+
+def copy_bandwidth(timer, nbytes=1 << 30) -> float:
+    a = torch.empty(nbytes // 2, dtype=torch.float16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    ms = timer.per_call_ms(lambda i: b.copy_(a), 1, reps=9, target_ms=20)
+    return 2 * nbytes / ms / 1e6  # GB/s
+
+
+def read_bandwidth(timer, nbytes=1 << 30) -> float:
+    a = torch.empty(nbytes // 4, dtype=torch.float32, device="cuda").normal_()
+    ms = timer.per_call_ms(lambda i: a.sum(), 1, reps=9, target_ms=20)
+    return nbytes / ms / 1e6
+
+
+def n_copies(nbytes: int, l2: int, cap: int = 24) -> int:
+    return int(min(cap, max(2, math.ceil(3 * l2 / max(nbytes, 1)))))
+
+
+def random_packed(K, N, bits, act_order, device, gen):
+    """Random tensors of the CPU `gptq` format, made on the GPU (any bit pattern is a valid code stream)."""
+    from gptq_export.kernels.reference import packed_rows
+
+    G = -(-K // GROUP)
+    qweight = torch.randint(-(2**31), 2**31 - 1, (packed_rows(K, bits), N), dtype=torch.int32, device=device,
+                            generator=gen)
+    scales = torch.rand((G, N), device=device, generator=gen) * 0.01 + 0.001
+    qzeros = torch.randint(-(2**31), 2**31 - 1, (G, packed_rows(N, bits)), dtype=torch.int32, device=device,
+                           generator=gen)
+    g_idx = torch.arange(K, device=device, dtype=torch.int32) // GROUP
+    if act_order:
+        g_idx = g_idx[torch.randperm(K, device=device, generator=gen)]
+    return qweight, scales, qzeros, g_idx
+
+
+def int4_setup(K, N, ncopy, device, gen):
+    """PyTorch's tinygemm int4 weights (or an error string)."""
+    try:
+        conv = torch.ops.aten._convert_weight_to_int4pack
+        mm = torch.ops.aten._weight_int4pack_mm
+        ws, szs = [], []
+        for _ in range(ncopy):
+            w8 = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device=device, generator=gen)
+            ws.append(conv(w8, 8))
+            szs.append((torch.rand((K // GROUP, N, 2), device=device, generator=gen) * 0.01).to(torch.bfloat16))
+        x = torch.randn(4, K, device=device, dtype=torch.bfloat16)
+        mm(x, ws[0], GROUP, szs[0])
+        return ws, szs, None
+    except Exception as exc:
+        return None, None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def bench_shape(K, N, ms, timer, device, gen, l2):
+    """All rows of one weight shape (printed as they come), and torch int4's error if any."""
+    from gptq_export.kernels import torch_cuda as tc
+
+    variants = {}
+    for bits in (4, 3):
+        for act in (False, True):
+            first = tc.gpu_linear(*random_packed(K, N, bits, act, device, gen), bits, K, N, device)
+            layers = [first] + [tc.gpu_linear(*random_packed(K, N, bits, act, device, gen), bits, K, N, device)
+                                for _ in range(n_copies(first.read_bytes, l2) - 1)]
+            variants[f"w{bits}" + ("a" if act else "")] = layers
+    w16 = [torch.randn(N, K, device=device, dtype=torch.float16, generator=gen) * 0.02
+           for _ in range(n_copies(2 * N * K, l2))]
+    int4_w, int4_sz, err = int4_setup(K, N, n_copies(N * K // 2, l2), device, gen)
+    rows = []
+    for M in ms:
+        row = bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz)
+        rows.append(row)
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return rows, err
+
+
+def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
+    from gptq_export.kernels import cuda as kc
+    from gptq_export.kernels import torch_cuda as tc
+
+    nx = max(len(v) for v in variants.values())
+    xs = [torch.randn(M, K, device=device, dtype=torch.float16, generator=gen) for _ in range(nx)]
+    xy_bytes = 2 * M * (K + N)
+    row = {"K": K, "N": N, "M": M}
+    t = timer.per_call_ms(lambda i: F.linear(xs[i % nx], w16[i % len(w16)]), max(len(w16), nx))
+    row["fp16_us"], row["fp16_GBps"] = t * 1e3, (2 * N * K + xy_bytes) / t / 1e6
+    if int4_w is not None:
+        xb = [x.to(torch.bfloat16) for x in xs]
+        mm = torch.ops.aten._weight_int4pack_mm
+        t = timer.per_call_ms(lambda i: mm(xb[i % nx], int4_w[i % len(int4_w)], GROUP, int4_sz[i % len(int4_sz)]),
+                              max(len(int4_w), nx))
+        row["int4_us"] = t * 1e3
+        row["int4_GBps"] = (N * K // 2 + (K // GROUP) * N * 4 + xy_bytes) / t / 1e6
+
+    def run(i, layers, path="auto", mt=None, nt=None, staged=None, occ=None):
+        x = xs[i % nx]
+        layer = layers[i % len(layers)]
+        if mt is None and staged is None:
+            return tc.linear(x, layer, None, path=path)
+        y = torch.empty(M, N, device=device, dtype=torch.float16)
+        with tc._On(device):
+            kc.quant_matmul(tc.to_cupy(x), layer, None, tc.to_cupy(y), path="fused", mt=mt, nt=nt, xs=staged,
+                            occ=occ)
+        return y
+
+    for name, layers in variants.items():
+        nb = layers[0].read_bytes + xy_bytes
+        for path in ["auto"] + (["fused", "dequant"] if M >= 64 else []):
+            t = timer.per_call_ms(lambda i, layers=layers, path=path: run(i, layers, path), max(len(layers), nx))
+            key = name if path == "auto" else f"{name}_{path}"
+            row[f"{key}_us"], row[f"{key}_GBps"] = t * 1e3, nb / t / 1e6
+        if M in (1, 4) and kc.staged_x(layers[0], M, 1):  # x from global memory; other occupancies
+            t = timer.per_call_ms(lambda i, layers=layers: run(i, layers, staged=False), max(len(layers), nx))
+            row[f"{name}_unstaged_us"] = t * 1e3
+            for occ in (2, 3, 4):
+                if kc.staged_x(layers[0], M, 1, occ):
+                    t = timer.per_call_ms(lambda i, layers=layers, occ=occ: run(i, layers, staged=True, occ=occ),
+                                          max(len(layers), nx))
+                    row[f"{name}_occ{occ}_us"] = t * 1e3
+        if M == 16 and not name.endswith("a"):  # tile variants (tuning data)
+            for mt, nt in [(2, 1), (2, 2), (4, 1)]:
+                t = timer.per_call_ms(lambda i, layers=layers, mt=mt, nt=nt: run(i, layers, mt=mt, nt=nt),
+                                      max(len(layers), nx))
+                row[f"{name}_mt{mt}nt{nt}_us"] = t * 1e3
+        if M in (4, 16, 64):  # sanity: the fused kernel and dequantize + cuBLAS agree
+            a = run(0, layers, "fused").float()
+            b = run(0, layers, "dequant").float()
+            row[f"{name}_fused_vs_dequant"] = float((a - b).norm() / b.norm())
+    return row
+
+
+def run_one(spec: str) -> None:
+    from gptq_export.kernels import torch_cuda as tc
+
+    shape, m, variant = spec.split(":")
+    K, N = (int(v) for v in shape.split("x"))
+    M = int(m)
+    device = torch.device("cuda")
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(M, K, device=device, dtype=torch.float16, generator=gen)
+    if variant == "fp16":
+        w = torch.randn(N, K, device=device, dtype=torch.float16, generator=gen)
+        fn = lambda: F.linear(x, w)  # noqa: E731
+    else:
+        bits, act = int(variant[1]), variant.endswith("a")
+        layer = tc.gpu_linear(*random_packed(K, N, bits, act, device, gen), bits, K, N, device)
+        fn = lambda: tc.linear(x, layer)  # noqa: E731
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--shapes", nargs="*", help="KxN, e.g. 4096x4096")
+    ap.add_argument("--ms", nargs="*", type=int)
+    ap.add_argument("--one", help="KxN:M:variant (w4, w4a, w3, w3a, fp16): run it 20 times, for a profiler")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("bench_kernels needs a CUDA GPU")
+    if args.one:
+        run_one(args.one)
+        return
+    device = torch.device("cuda")
+    props = torch.cuda.get_device_properties(device)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes] if args.shapes else SHAPES
+    ms = args.ms or MS
+    if args.quick:
+        shapes, ms = shapes[:1] + shapes[-1:], [1, 16, 512]
+    timer = Timer(device)
+    copy_bw = copy_bandwidth(timer)
+    read_bw = read_bandwidth(timer)
+    print(f"device: {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MiB, torch {torch.__version__}")
+    print(f"copy bandwidth (read + write): {copy_bw:.0f} GB/s; read-only (sum): {read_bw:.0f} GB/s", flush=True)
+    gen = torch.Generator(device=device).manual_seed(0)
+    results = {"device": props.name, "copy_GBps": copy_bw, "read_GBps": read_bw, "torch": torch.__version__,
+               "rows": []}
+    int4_error = None
+
+    for K, N in shapes:
+        rows, err = bench_shape(K, N, ms, timer, device, gen, l2)
+        results["rows"] += rows
+        int4_error = int4_error or err
+        torch.cuda.empty_cache()
+    results["int4_error"] = int4_error
+
+    out = os.environ.get("OUT")
+    if out:
+        with open(os.path.join(out, "bench.json"), "w") as f:
+            json.dump(results, f, indent=1)
+
+    print(f"\n{props.name}: copy {copy_bw:.0f} GB/s, read {read_bw:.0f} GB/s. Times in us (median); "
+          f"%cp = our GB/s / copy GB/s; xfp16 = fp16 time / ours; int4 = torch _weight_int4pack_mm"
+          + (f" (n/a: {int4_error})" if int4_error else ""))
+    hdr = (f"{'K x N':>12} {'M':>4} {'fp16':>8} {'int4':>8} {'w4':>8} {'w4act':>8} {'w3':>8} {'w3act':>8} "
+           f"{'w4%cp':>6} {'w3%cp':>6} {'w4xfp16':>7} {'w3xfp16':>7} {'w4/int4':>7}")
+    print(hdr)
+    for r in results["rows"]:
+        def us(k, r=r):
+            return f"{r[k]:.1f}" if k in r else "n/a"
+
+        w4cp = r["w4_GBps"] / copy_bw * 100
+        w3cp = r["w3_GBps"] / copy_bw * 100
+        vs_int4 = f"{r['int4_us'] / r['w4_us']:.2f}" if "int4_us" in r else "n/a"
+        print(f"{r['K']:>5} x {r['N']:<5} {r['M']:>4} {us('fp16_us'):>8} {us('int4_us'):>8} {us('w4_us'):>8} "
+              f"{us('w4a_us'):>8} {us('w3_us'):>8} {us('w3a_us'):>8} {w4cp:>5.0f}% {w3cp:>5.0f}% "
+              f"{r['fp16_us'] / r['w4_us']:>7.2f} {r['fp16_us'] / r['w3_us']:>7.2f} {vs_int4:>7}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks of the CUDA kernels, in one go, on a machine with a CUDA GPU:
+#   install the repo (editable, no dependencies), compile the kernels, run the gpu tests,
+#   then tools/bench_kernels.py and tools/bench_decode_gpu.py.
+#
+#   bash tools/gpu_run.sh                     # everything
+#   STAGES="test bench" BENCH_ARGS=--quick bash tools/gpu_run.sh
+#
+# Needs python3 with torch (CUDA), cupy, transformers, onnxruntime, pytest. onnxruntime-extensions
+# (for the onnxruntime device="cuda" test) is installed from ./.whl/*.whl when that folder exists.
+# Logs go to $OUT (default ./gpu_out): env.log, pytest.log, bench.log (+ bench.json),
+# decode.log (+ decode.json), ncu.log (Nsight Compute sections of the M = 1 kernel, where ncu
+# exists). Exit status: nonzero if any stage failed.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_out}"
+export OUT
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY="${PY:-python3}"
+STAGES="${STAGES:-test bench decode ncu}"
+status=0
+
+{
+  echo "== environment"
+  nvidia-smi -L || true
+  "$PY" - <<'EOF'
+import sys, torch
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+import cupy
+print("cupy", cupy.__version__, "cuda runtime", cupy.cuda.runtime.runtimeGetVersion(), "devices", cupy.cuda.runtime.getDeviceCount())
+EOF
+  if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && echo "installed $(ls .whl)"
+  fi
+  "$PY" -m pip install -q --no-deps --no-build-isolation -e . && echo "installed gptq-export (editable)"
+} 2>&1 | tee "$OUT/env.log" || status=1
+if [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"; fi
+
+# NVRTC takes seconds per kernel: compile the common ones in parallel processes (CuPy's disk cache).
+{
+  echo "== precompile"
+  "$PY" - <<'EOF'
+import time
+from gptq_export.kernels import cuda as kc
+t = time.time()
+names = kc.common_kernel_names()
+kc.precompile(names)
+print(f"compiled {len(names)} kernels in {time.time() - t:.1f}s")
+EOF
+} 2>&1 | tee -a "$OUT/env.log" || status=1
+
+if [[ " $STAGES " == *" test "* ]]; then
+  echo "== pytest -m gpu"
+  timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE --continue-on-collection-errors tests 2>&1 \
+    | tee "$OUT/pytest.log" || status=1
+fi
+if [[ " $STAGES " == *" bench "* ]]; then
+  echo "== bench_kernels"
+  # shellcheck disable=SC2086
+  timeout "${BENCH_TIMEOUT:-170}" "$PY" tools/bench_kernels.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+if [[ " $STAGES " == *" decode "* ]]; then
+  echo "== bench_decode_gpu"
+  # shellcheck disable=SC2086
+  timeout "${DECODE_TIMEOUT:-110}" "$PY" tools/bench_decode_gpu.py ${DECODE_ARGS:-} 2>&1 | tee "$OUT/decode.log" \
+    || status=1
+fi
+
+if [[ " $STAGES " == *" ncu "* ]] && command -v ncu >/dev/null; then
+  echo "== ncu (fused kernel, 8192 x 28672, M = 1)"
+  for v in w4 w3; do
+    timeout "${NCU_TIMEOUT:-90}" ncu --clock-control none -k regex:qgemm_small --launch-skip 5 --launch-count 1 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+      --section LaunchStats "$PY" tools/bench_kernels.py --one "8192x28672:1:$v" 2>&1 | tee -a "$OUT/ncu.log" \
+      | grep -E "qgemm_small|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slot|L2 Hit|Mem Busy|Max Bandwidth" \
+      || true
+  done
+fi
+
+# The tables last (a log tail shows them).
+echo
+echo "================ summary (status $status)"
+[ -f "$OUT/pytest.log" ] && grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/pytest.log" | cut -c1-220 | tail -n 30
+[ -f "$OUT/bench.log" ] && sed -n '/copy bandwidth (read/p' "$OUT/bench.log" && sed -n '/^.*: copy .* GB\/s, read/,$p' "$OUT/bench.log"
+[ -f "$OUT/decode.log" ] && sed -n '/^Greedy decode/,$p' "$OUT/decode.log"
+exit $status
