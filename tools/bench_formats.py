@@ -72,7 +72,8 @@ def file_bytes(path: Path) -> int:
 def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, int]:
     """Export FP32 + gptq, convert to ort (acc 0, 4) and qdq; returns files, parameter count, vocab."""
     out.mkdir(parents=True, exist_ok=True)
-    cfg = gx.QuantConfig(bits=4, group_size=128, format="gptq")
+    skip = () if args.quantize_lm_head else gx.QuantConfig().skip
+    cfg = gx.QuantConfig(bits=4, group_size=128, format="gptq", skip=skip)
     files: dict[str, Path] = {}
     t = time.perf_counter()
     if name == "default":
@@ -149,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nsamples", type=int, default=8, help="calibration windows (latency does not depend on them)")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window")
     p.add_argument("--out-dir", default="out/bench")
+    p.add_argument("--quantize-lm-head", action="store_true",
+                   help="quantize lm_head too (an untied head; a tied one stays in float with a reason)")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.nsamples, args.seqlen = ["llama-tiny"], 2, 32
