@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from .config import DOMAIN
-from .emit import OP_TYPE, read_metadata
-from .errors import GptqExportError
+from ..config import DOMAIN
+from ..emit import OP_TYPE, read_metadata
+from ..errors import GptqExportError
 
 
 class InspectError(GptqExportError):
