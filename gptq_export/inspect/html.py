@@ -323,7 +323,7 @@ def render_png(html_path: str | os.PathLike, png_path: str | os.PathLike, width:
         raise InspectError("--png needs Chromium (chromium or google-chrome on PATH, or $CHROMIUM); use --html instead")
     html_path, png_path = Path(html_path).resolve(), Path(png_path).resolve()
     cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-           "--disable-dev-shm-usage", f"--window-size={width},{height}", f"--screenshot={png_path}",
+           "--disable-dev-shm-usage", "--force-device-scale-factor=1", f"--window-size={width},{height}", f"--screenshot={png_path}",
            html_path.as_uri()]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

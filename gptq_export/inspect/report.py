@@ -104,6 +104,22 @@ def _fp16_bytes(t: TensorProto) -> int:
     return 2 * numel(t) if t.data_type in _FLOAT_TYPES else payload_bytes(t)
 
 
+def _external_past_end(f: OnnxFile) -> list[str]:
+    """Names of external tensors whose offset + length passes the end of their data file."""
+    out = []
+    for t in f.graph.initializer:
+        if t.data_location == TensorProto.EXTERNAL:
+            ext = {e.key: e.value for e in t.external_data}
+            try:
+                end = int(ext.get("offset", 0)) + int(ext.get("length", 0))
+            except ValueError:
+                out.append(t.name)
+                continue
+            if end > f.external_files.get(ext.get("location", ""), 0):
+                out.append(t.name)
+    return out
+
+
 def analyse(f: OnnxFile) -> tuple[dict, list[QuantNode], TensorReader]:
     """(metadata, quantized nodes, reader) of an opened file."""
     meta = read_metadata(f.model)
@@ -162,6 +178,11 @@ def build_report(f: OnnxFile) -> dict:
     if other < 0:
         warnings.append(f"tensors declare {quantized_bytes + float_bytes} bytes but the file and its external data "
                         f"hold {total}; the file is truncated")
+
+    past_end = _external_past_end(f)
+    if past_end:
+        warnings.append(f"{len(past_end)} tensor(s) point past the end of their external data file (e.g. "
+                        f"{clean(past_end[0])}); the data file is truncated")
 
     formats = sorted({r["format"] for r in rows})
     fmt = "float" if not formats else formats[0] if len(formats) == 1 else "mixed"
