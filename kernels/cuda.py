@@ -40,7 +40,8 @@ Paths of `quant_matmul` (M = rows of x):
 - M <= MAX_FUSED_M: `qgemm_small`, one fused tensor-core kernel that streams the packed weights
   once (see gptq_cuda.cu). M = 1 stages x in shared memory (4 blocks per SM for 3/4 bits); other
   M read x from global memory. Act-order, fp32 or unaligned x first go through `prep_x` (one small
-  kernel: x in K' order, fp16).
+  kernel: x in K' order, fp16). For M <= 8 and few output tiles, `qgemm_split` splits K over a
+  cluster of 2 or 4 blocks (`split_plan`), so that enough blocks stream weights at once.
 - larger M (prefill): `dequant_tc` writes W^T in fp16 (K' order) to a scratch buffer, then cuBLAS.
 
 Launchers take CuPy arrays on the current device and run on the current CuPy stream; kernels are
@@ -76,7 +77,7 @@ from .cuda_layout import (  # noqa: F401  (re-exported: the launchers' public la
 )
 from .reference import packed_rows, unpack_codes, unpack_zeros  # noqa: F401
 
-SOURCE = "gptq_cuda.cu"
+SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu")  # compiled as one, in this order
 _OPTIONS = ("-std=c++17",)
 
 
@@ -95,7 +96,8 @@ def _cupy():
 
 def source() -> str:
     """The CUDA source of every kernel (package data of gptq_export.kernels)."""
-    return importlib.resources.files(__package__).joinpath(SOURCE).read_text()
+    root = importlib.resources.files(__package__)
+    return "\n".join(root.joinpath(name).read_text() for name in SOURCES)
 
 
 def cuda_available() -> str | None:
@@ -112,8 +114,33 @@ def cuda_available() -> str | None:
     return None
 
 
-def small_kernel_name(bits: int, mt: int, nt: int, gstc: int, xs: bool, occ: int = 2) -> str:
-    return f"qgemm_small<{bits},{mt},{nt},{gstc},{int(xs)},{occ}>"
+def small_kernel_name(bits: int, mt: int, nt: int, gstc: int, xs: bool, occ: int = 2, pd: int = 0,
+                      cs: int = 1) -> str:
+    """Name of the fused kernel: qgemm_small (cs = 1) or the cluster split-K qgemm_split (mt = 1).
+    pd = units in flight per warp (0: the kernel's default for occ)."""
+    if cs == 1:
+        return f"qgemm_small<{bits},{mt},{nt},{gstc},{int(xs)},{occ},{pd}>"
+    if mt != 1 or cs not in (2, 4):
+        raise ValueError(f"split-K kernels have MT = 1 and 2 or 4 blocks per cluster, got MT={mt} CS={cs}")
+    return f"qgemm_split<{bits},{nt},{gstc},{int(xs)},{occ},{pd},{cs}>"
+
+
+def _small_params(name: str) -> dict | None:
+    """Template arguments of a fused-kernel name (None for other kernels)."""
+    for prefix, keys in (("qgemm_small<", ("bits", "mt", "nt", "gstc", "xs", "occ", "pd")),
+                         ("qgemm_split<", ("bits", "nt", "gstc", "xs", "occ", "pd", "cs"))):
+        if name.startswith(prefix):
+            p = dict(zip(keys, (int(v) for v in name[len(prefix):-1].split(",")), strict=True))
+            p.setdefault("mt", 1)
+            p.setdefault("cs", 1)
+            return p
+    return None
+
+
+def red_bytes(mt: int, nt: int, cs: int = 1) -> int:
+    """Static shared memory of the fused kernel's reduction (RedCfg in gptq_cuda.cu)."""
+    tile = 8 * mt * 16 * nt * 4
+    return (THREADS // 32) * tile + (tile if cs > 1 else 0) if mt <= 2 else tile
 
 
 def dequant_kernel_name(bits: int, gstc: int) -> str:
@@ -135,8 +162,9 @@ def function(name: str):
             if fn is None:
                 module = cp.RawModule(code=source(), options=_OPTIONS, name_expressions=(name,))
                 fn = module.get_function(name)
-                if name.startswith("qgemm_small<") and name.split(",")[4] == "1":  # staged x: > 48 KB
-                    fn.max_dynamic_shared_size_bytes = XS_MAX_BYTES[int(name[-2])]
+                p = _small_params(name)
+                if p and p["xs"]:  # staged x: may need more than 48 KB
+                    fn.max_dynamic_shared_size_bytes = XS_MAX_BYTES[p["occ"]] - red_bytes(p["mt"], p["nt"], p["cs"])
                 _functions[key] = fn
     return fn
 
@@ -182,7 +210,28 @@ def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8))
     for b in (3, 4):  # tile and occupancy variants of the tests and benchmarks
         names += [small_kernel_name(b, mt, nt, 8, False) for mt, nt in ((2, 1), (2, 2), (4, 1), (4, 2))]
         names += [small_kernel_name(b, 2, 1, 8, True)] + [small_kernel_name(b, 1, 1, 8, True, o) for o in (3, 4)]
+    for b in (3, 4):  # units-in-flight variants of the tests
+        names += [small_kernel_name(b, 1, 1, 8, True, occ, pd, cs) for occ, pd in ((4, 1), (3, 3), (2, 6))
+                  for cs in (1, 2)]
+    for b in bits:  # split-K (tests: every group class; the default plans of the benchmarks)
+        for gc in gstcs:
+            for cs in (2, 4):
+                names += [small_kernel_name(b, 1, 1, gc, xs, _default_occ(b, 1, gc) if xs else 2, 0, cs)
+                          for xs in (True, False)]
     return sorted(set(names))
+
+
+def sweep_kernel_names(bits=(4, 3), gstc: int = 8) -> list[tuple[str, dict]]:
+    """Fused-kernel variants for M <= 8 that tools/bench_kernels.py --sweep times: (name, quant_matmul
+    keyword arguments)."""
+    out = []
+    for b in bits:
+        for cs in (1, 2, 4):
+            for xs, occs in ((True, (4, 3, 2)), (False, (4, 2))):
+                for occ in occs:
+                    kw = {"xs": xs, "occ": occ, "cs": cs, "pd": 0}
+                    out.append((small_kernel_name(b, 1, 1, gstc, xs, occ, 0, cs), kw))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -300,17 +349,43 @@ def _as_rows(x, K: int):
     return cp.ascontiguousarray(x).reshape(-1, K)
 
 
-def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None) -> int:
+def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None, nt: int = 1, cs: int = 1) -> int:
     """Blocks per SM (occupancy) with which the fused kernel stages x in shared memory, or 0 when
     it does not (MT > 2, or x too large even at 2 blocks per SM)."""
     if mt > 2 or M > 8 * mt:
         return 0
-    nbytes = (M + 1) * (layer.layout.Kp + 8) * 2
+    nbytes = M * (layer.layout.Kp + 8) * 2 + red_bytes(mt, nt, cs)
     first = occ or _default_occ(layer.layout.bits, mt, layer.layout.gstc)
     for o in (first, 2) if occ is None else (occ,):
         if nbytes <= XS_MAX_BYTES[o]:
             return o
     return 0
+
+
+_sm_counts: dict[int, int] = {}
+
+
+def sm_count() -> int:
+    """Multiprocessors of the current CuPy device."""
+    cp = _cupy()
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _sm_counts:
+        _sm_counts[dev] = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
+    return _sm_counts[dev]
+
+
+def split_plan(layer: GpuLinear, M: int, occ: int, sms: int | None = None) -> int:
+    """Blocks per cluster (1, 2 or 4) over which the fused kernel splits K for M <= 8 rows: more
+    blocks when the output tiles alone give fewer than about two waves of `occ` blocks per SM,
+    while each block keeps at least one unit (128 K' positions) per warp."""
+    if M > 8:
+        return 1
+    lay = layer.layout
+    tiles, per_wave = lay.Np // 16, occ * (sms or sm_count())
+    cs = 1
+    while cs < 4 and tiles * cs < 2 * per_wave and lay.nu >= 2 * cs * (THREADS // 32):
+        cs *= 2
+    return cs
 
 
 def x_in_place(layer: GpuLinear, x2) -> bool:
@@ -348,15 +423,17 @@ def gather_x(layer: GpuLinear, x2, out=None):
 
 
 def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto", mt: int | None = None,
-                 nt: int | None = None, xs: bool | None = None, occ: int | None = None, xbuf=None):
+                 nt: int | None = None, xs: bool | None = None, occ: int | None = None, cs: int | None = None,
+                 pd: int = 0, xbuf=None):
     """y[..., N] = x[..., K] @ W + bias on the current device and CuPy stream.
 
     x: CuPy float16 or float32 [..., K] (copied if not C-contiguous); y has x's dtype.
     bias: CuPy float32 [N] or None. out: optional C-contiguous CuPy array [..., N] of x's dtype.
     path: "fused" (tensor-core kernel reading the packed weights once; any M, in grid rows of
     8*MT), "dequant" (fp16 W^T into a scratch buffer, then cuBLAS), or "auto" (fused for
-    M <= MAX_FUSED_M). mt / nt / xs / occ override the fused kernel's tile, x staging and
-    blocks per SM of the staged kernel (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
+    M <= MAX_FUSED_M). mt / nt / xs / occ / cs / pd override the fused kernel's tile, x staging,
+    blocks per SM, blocks per split-K cluster (MT = 1) and units in flight per warp (0: default)
+    (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
     `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
     when needed and None.
     """
@@ -381,12 +458,16 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         path = "fused" if M <= MAX_FUSED_M else "dequant"
     if path == "fused":
         mt, nt = fused_config(layer, M, mt, nt)
-        so = staged_x(layer, M, mt, occ)
+        if cs not in (None, 1, 2, 4) or (cs and cs > 1 and mt != 1):
+            raise ValueError(f"cs must be 1, 2 or 4 (2 and 4 with MT = 1), got {cs} with MT={mt}")
+        so = staged_x(layer, M, mt, occ, nt, cs or 4)
         if xs and not so:
             raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}")
         explicit = xs is not None
         xs = bool(xs) if explicit else bool(so) and M <= STAGE_MAX_M
-        occ = so if xs else 2
+        occ = so if xs else (occ or 2)
+        if cs is None:
+            cs = split_plan(layer, M, occ) if mt == 1 else 1
         xin, ldx, kx, x_f32, gather, smem = x2, K, K, int(x2.dtype == cp.float32), 0, 0
         if not x_in_place(layer, x2):
             if xs and explicit:  # the kernel's staging gathers / casts x itself
@@ -394,11 +475,11 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
             else:  # x in K' order, fp16, first (a small kernel): faster than gathering per block
                 xin, ldx, kx, x_f32 = gather_x(layer, x2, xbuf), lay.Kp, lay.Kp, 0
         if xs:
-            smem = (M + 1) * (lay.Kp + 8) * 2
-        grid = (lay.Np // (16 * nt), -(-M // (8 * mt)))
+            smem = M * (lay.Kp + 8) * 2
+        grid = (lay.Np // (16 * nt) * cs, -(-M // (8 * mt)))
         upg = lay.upg
         ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
-        function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ))(
+        function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs))(
             grid, (THREADS,),
             (xin, _i32(ldx), _i32(kx), _i32(x_f32), _i32(gather), layer.qw, layer.sz, layer.perm,
              bias if bias is not None else _NULL, out, _i32(N), _i32(out.dtype == cp.float32),

@@ -15,16 +15,20 @@
 //   half2 (1024 + q): the fp16 magic-number trick.
 //   sz [G', N'] uint32 = half2(scale, 1024 + zero); W = scale * ((1024 + q) - (1024 + z)).
 //
-// Kernels (templates instantiated by name from kernels/cuda.py through NVRTC):
-//   qgemm_small<BITS, MT, NT, GSTC, XS, OCC>  y[M, N] = x[M, K] @ W + bias, M <= 8*MT per grid
+// Kernels (templates instantiated by name from kernels/cuda.py through NVRTC; gptq_cuda_repack.cu
+// is appended to this file before compiling):
+//   qgemm_small<BITS, MT, NT, GSTC, XS, OCC, PD>  y[M, N] = x[M, K] @ W + bias, M <= 8*MT per grid
 //       row: one block = 8 warps x (16*NT outputs, all of K); warps split the K' units (warp w
 //       takes units w, w+8, ...), stream their weights with no-L1-allocate 16-byte loads, PD
 //       units ahead in registers (x staged once per block in shared memory with XS = 1; OCC =
 //       blocks per SM the registers are capped for);
 //       tensor-core mma.m16n8k16 (fp16 in, fp32 accumulate) per k-step with W^T as A and
 //       x^T as B (so M=1..8 wastes only the B columns), group scale applied in fp32 when a group
-//       ends; the 8 warps reduce through shared memory in a fixed order (deterministic
-//       results); bias + cast in the epilogue.
+//       ends; the 8 warps' partial tiles are added through shared memory in a fixed order
+//       (deterministic results); bias + cast in the epilogue.
+//   qgemm_split<BITS, NT, GSTC, XS, OCC, PD, CS>  the same for M <= 8 with K split over a
+//       cluster of CS blocks (more blocks in flight for small N); partial tiles are added by
+//       rank 0 through distributed shared memory, in rank order.
 //   dequant_tc<BITS, GSTC>  W^T[N, K'] fp16 (K' order) for the prefill path (cuBLAS).
 //   prep_x  x -> fp16 in K' order (act-order gather, fp32 cast) when the fused kernel cannot stage it.
 //   repack_tc<BITS>, repack_sz  the CPU format -> tc layout, on the GPU.
@@ -86,6 +90,11 @@ __device__ __forceinline__ float ld_nc_f32(const float* p) {
 __device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
     u32 d;
     asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ u32 hfma2(u32 a, u32 b, u32 c) {
+    u32 d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
 }
 __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
@@ -199,8 +208,8 @@ struct SmallCfg {
     // accumulators (registers) when many m-tiles share each decoded fragment.
     static constexpr bool SCALE_A = MT >= 4;
     static constexpr int SLOT = NT * (WPU + 2 * NGU);  // registers per prefetched unit
-    // Units in flight per warp: about 40 registers of prefetch at 2 blocks per SM, fewer at
-    // OCC = 3 or 4 blocks per SM (more warps, each with fewer units ahead); MT >= 4: 2.
+    // Default units in flight per warp: about 40 registers of prefetch at 2 blocks per SM, fewer
+    // at OCC = 3 or 4 blocks per SM (more warps, each with fewer units ahead); MT >= 4: 2.
     static constexpr int BUDGET = OCC >= 4 ? 20 : OCC == 3 ? 30 : 40;
     static constexpr int PD0 = BUDGET / SLOT;
     static constexpr int PD = MT >= 4 ? 2 : (PD0 < 2 ? 2 : (PD0 > 6 ? 6 : PD0));
@@ -211,11 +220,66 @@ struct SmallCfg {
 // >= 4 (the unit), so swz(16*u + c) = 16*u + swz(c) for c < 16.
 __device__ __forceinline__ int swz(int c) { return c ^ (((c >> 3) & 1) << 1); }
 
+// Thread-block clusters (sm_90): rank in the cluster, a full cluster barrier (release/acquire:
+// shared-memory writes before it are visible to every CTA of the cluster after it), and a load
+// from the shared memory of CTA `rank` at the address `p` has in this CTA.
+__device__ __forceinline__ u32 cluster_ctarank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cluster_sync_all() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ float ld_cluster_f32(const float* p, u32 rank) {
+    u32 a, ra;
+    float v;
+    asm volatile("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}" : "=r"(a) : "l"(p));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(ra) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(ra) : "memory");
+    return v;
+}
+
+// half2(-(64 + z), -(64 + z)) for the 4-bit zero z of a sz word (bits 16..19): fp16 64 + z is
+// 0x5400 | z << 4 (ulp 1/16 at 64).
+__device__ __forceinline__ u32 neg64z(u32 szw) {
+    const u32 h = 0xD400u | (((szw >> 16) & 0xFu) << 4);
+    return h | (h << 16);
+}
+
+// A fragment (W^T, integer q - z in fp16) of k-step ts: a[pr] for the four pairs. zz0 / zz1:
+// half2(1024 + z) of rows g / g + 8; nz1 = neg64z of row g + 8 (4 bits only).
+// 4 bits: the two odd pairs are taken unshifted as 1024 + 16 q (mask 0x00F000F0) and finished
+// with one fma: (1024 + 16 q) / 16 - (64 + z) = q - z, exact; one shift per word instead of three.
+template <int BITS>
+__device__ __forceinline__ void decode_a(u32 (&a)[4], const u32 (&w)[Fmt<BITS>::WPU], int ts, u32 zz0, u32 zz1,
+                                         u32 nz1) {
+    if constexpr (BITS == 4) {
+        const u32 lo = w[ts], hi = w[ts] >> 8;
+        a[0] = hsub2(and_or_magic<0x000F000Fu>(lo), zz0);
+        a[1] = hfma2(and_or_magic<0x00F000F0u>(lo), 0x2C002C00u, nz1);  // half2(1/16, 1/16)
+        a[2] = hsub2(and_or_magic<0x000F000Fu>(hi), zz0);
+        a[3] = hfma2(and_or_magic<0x00F000F0u>(hi), 0x2C002C00u, nz1);
+    } else {
+#pragma unroll
+        for (int pr = 0; pr < 4; ++pr) a[pr] = hsub2(magic_pair<BITS>(w, ts, pr), (pr & 1) ? zz1 : zz0);
+    }
+}
+
+// Static shared memory of the reduction (bytes; kernels/cuda.py mirrors it): MT <= 2: every
+// warp's partial tile at once (one barrier); MT >= 4: one tile, warps added in turn.
+template <int MT, int NT, int CS>
+struct RedCfg {
+    static constexpr int RM = MT * 8, RN = NT * 16;
+    static constexpr int WR = MT <= 2 ? WARPS : 1;
+};
+
 // x:    [M, ldx] row-major, fp16 (x_f32 = 0) or fp32 (x_f32 = 1).
-//       XS = 1: staged once per block into dynamic shared memory, M + 1 rows (the last one
-//       zeros, read by the lanes of rows >= M) of Kp/8 + 1 16-byte chunks, K' order: column
-//       perm[kp] (gather = 1; perm < 0 -> 0) or kp (gather = 0; kp >= Kx -> 0; then fp16 needs
-//       ldx % 8 == 0 and x 16-byte aligned). Needs M <= 8*MT (one grid row).
+//       XS = 1: staged once per block into dynamic shared memory, M rows of Kp/8 + 1 16-byte
+//       chunks, K' order: column perm[kp] (gather = 1; perm < 0 -> 0) or kp (gather = 0;
+//       kp >= Kx -> 0; then fp16 needs ldx % 8 == 0 and x 16-byte aligned); only the chunks of
+//       the block's own K' units are written (and read). Needs M <= 8*MT (one grid row). Lanes
+//       of rows >= M read row 0: their mma columns are never stored.
 //       XS = 0 (x read from global memory): fp16 in K' order only (x_f32 = gather = 0; the host
 //       runs prep_x first when needed), columns >= Kx read as 0, ldx % 8 == 0, 16-byte aligned.
 // qw:   tc layout words, (N'/16) n-tiles x NU units x 32 lanes x WPU words.
@@ -223,25 +287,37 @@ __device__ __forceinline__ int swz(int c) { return c ^ (((c >> 3) & 1) << 1); }
 // bias: [N] fp32 or null.   y: [M, ldy] fp16 (y_f32 = 0) or fp32, row-major.
 // upg:  units per group (GSTC == 8: group of unit u is u / upg; ushift = log2(upg) or -1).
 // OCC:  blocks per SM the registers are capped for (2: <= 128, 3: <= 80, 4: <= 64 registers).
-// Grid: (N' / (16*NT), ceil(M / (8*MT))); block: THREADS; dynamic shared memory (XS):
-// (M + 1) * (Kp + 8) * 2 bytes.
-template <int BITS, int MT, int NT, int GSTC, int XS, int OCC>
-__global__ void __launch_bounds__(THREADS, OCC)
-qgemm_small(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
-            const u32* __restrict__ qw, const u32* __restrict__ sz, const int* __restrict__ perm,
-            const float* __restrict__ bias, void* __restrict__ y, int ldy, int y_f32,
-            int M, int N, int Np, int NU, int upg, int ushift) {
+// PDX:  units in flight per warp (0: SmallCfg's default for OCC).
+// CS:   split-K over a cluster of CS blocks (MT = 1): block rank r of a cluster takes the K'
+//       units [NU*r/CS, NU*(r+1)/CS); rank 0 adds the CS partial tiles, in rank order, through
+//       distributed shared memory (deterministic).
+// Grid: (N' / (16*NT) * CS, ceil(M / (8*MT))); block: THREADS; dynamic shared memory (XS):
+// M * (Kp + 8) * 2 bytes.
+template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PDX, int CS>
+__device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
+                                           const u32* __restrict__ qw, const u32* __restrict__ sz,
+                                           const int* __restrict__ perm, const float* __restrict__ bias,
+                                           void* __restrict__ y, int ldy, int y_f32, int M, int N, int Np, int NU,
+                                           int upg, int ushift) {
     using C = SmallCfg<BITS, MT, NT, GSTC, OCC>;
-    constexpr int WPU = C::WPU, NGU = C::NGU, S = C::S, PD = C::PD;
+    using R = RedCfg<MT, NT, CS>;
+    constexpr int WPU = C::WPU, NGU = C::NGU, S = C::S;
+    constexpr int PD = PDX > 0 ? PDX : C::PD;
     constexpr bool SCALE_A = C::SCALE_A;
     constexpr bool XPRE = MT <= 2 && XS == 0;  // x of a whole unit preloaded to registers (global)
+    constexpr int RM = R::RM, RN = R::RN;
     static_assert(!XS || MT <= 2, "staged x is for MT <= 2");
+    static_assert(CS == 1 || MT == 1, "split-K clusters are for MT = 1");
     extern __shared__ uint4 xs_dyn[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
-    const int nt0 = blockIdx.x * NT;
+    const int rank = CS > 1 ? (int)cluster_ctarank() : 0;
+    const int nt0 = (CS > 1 ? (int)blockIdx.x / CS : (int)blockIdx.x) * NT;
     const int m0 = blockIdx.y * (8 * MT);
     const int rs = NU * 16 + 1;  // staged x: row stride in 16-byte chunks
+    // K' units of this block: [u_lo, u_hi).
+    const int u_lo = CS > 1 ? (int)(((long long)NU * rank) / CS) : 0;
+    const int u_hi = CS > 1 ? (int)(((long long)NU * (rank + 1)) / CS) : NU;
 
     float o[NT][MT][4];                              // scaled sums
     float c[SCALE_A ? 1 : NT][SCALE_A ? 1 : MT][4];  // current group's integer-weight sums
@@ -278,23 +354,23 @@ qgemm_small(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
     // Weights of the first PD units of this warp first: their DRAM latency overlaps the staging.
 #pragma unroll
     for (int i = 0; i < PD; ++i) {
-        const int u = warp + i * WARPS;
-        if (u < NU) load_slot(wb[i], sb[i], u);
+        const int u = u_lo + warp + i * WARPS;
+        if (u < u_hi) load_slot(wb[i], sb[i], u);
     }
 
-    // Staged x: per m-tile, this lane's row (the zero row M for rows >= M); per k-step pair
-    // (or k-step for S = 16) the swizzled chunk offset within a unit, the same for every unit.
+    // Staged x: per m-tile, this lane's row (row 0 for rows >= M); per k-step pair (or k-step
+    // for S = 16) the swizzled chunk offset within a unit, the same for every unit.
     const uint4* xrow[MT];
     int xoff[S >= 32 ? 4 : 8];
     if constexpr (XS != 0) {
-        const int cpr = NU * 16;
+        const int c_lo = u_lo * 16, cn = (u_hi - u_lo) * 16;
         const u16* x16 = reinterpret_cast<const u16*>(x);
         const float* x32 = reinterpret_cast<const float*>(x);
+        for (int m = 0; m < M; ++m) {
 #pragma unroll 4
-        for (int i = threadIdx.x; i < (M + 1) * cpr; i += THREADS) {
-            const int m = i / cpr, ch = i - m * cpr, kp = ch * 8;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (m < M) {
+            for (int i = threadIdx.x; i < cn; i += THREADS) {
+                const int ch = c_lo + i, kp = ch * 8;
+                uint4 v = make_uint4(0u, 0u, 0u, 0u);
                 if (!gather && !x_f32) {
                     if (kp < Kx) v = ld_nc4(x16 + (size_t)m * ldx + kp);
                 } else {
@@ -307,13 +383,13 @@ qgemm_small(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
                     }
                     v = make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
                 }
+                xs_dyn[m * rs + swz(ch)] = v;
             }
-            xs_dyn[m * rs + swz(ch)] = v;
         }
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
             const int m = m0 + mt * 8 + g;
-            xrow[mt] = xs_dyn + (m < M ? m : M) * rs;
+            xrow[mt] = xs_dyn + (m < M ? m : 0) * rs;
         }
 #pragma unroll
         for (int i = 0; i < (S >= 32 ? 4 : 8); ++i) {
@@ -389,8 +465,7 @@ qgemm_small(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
             for (int nt = 0; nt < NT; ++nt) {
                 const u32 zz0 = prmt(ss[nt][gi][0], 0x3232u), zz1 = prmt(ss[nt][gi][1], 0x3232u);
                 u32 a[4];
-#pragma unroll
-                for (int pr = 0; pr < 4; ++pr) a[pr] = hsub2(magic_pair<BITS>(ws[nt], ts, pr), (pr & 1) ? zz1 : zz0);
+                decode_a<BITS>(a, ws[nt], ts, zz0, zz1, BITS == 4 ? neg64z(ss[nt][gi][1]) : 0u);
                 if constexpr (SCALE_A) {
                     const u32 sc0 = prmt(ss[nt][gi][0], 0x1010u), sc1 = prmt(ss[nt][gi][1], 0x1010u);
 #pragma unroll
@@ -421,216 +496,99 @@ qgemm_small(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
         }
     };
 
-    for (int ub = warp; ub < NU; ub += PD * WARPS) {
+    for (int ub = u_lo + warp; ub < u_hi; ub += PD * WARPS) {
 #pragma unroll
         for (int i = 0; i < PD; ++i) {
             const int u = ub + i * WARPS;
-            if (u < NU) {
+            if (u < u_hi) {
                 compute_unit(wb[i], sb[i], u);
                 const int un = u + PD * WARPS;
-                if (un < NU) load_slot(wb[i], sb[i], un);
+                if (un < u_hi) load_slot(wb[i], sb[i], un);
             }
         }
     }
 
-    // Reduce the 8 warps' partial sums in warp order (deterministic): red[m_local][n_local].
-    __shared__ float red[MT * 8][NT * 16];
-    float* flat = &red[0][0];
-#pragma unroll 1
-    for (int w = 0; w < WARPS; ++w) {
-        if (warp == w) {
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    float* r0 = &red[mt * 8 + 2 * t][nt * 16 + g];
-                    float* r1 = &red[mt * 8 + 2 * t + 1][nt * 16 + g];
-                    if (w == 0) {
-                        r0[0] = o[nt][mt][0]; r0[8] = o[nt][mt][2]; r1[0] = o[nt][mt][1]; r1[8] = o[nt][mt][3];
-                    } else {
-                        r0[0] += o[nt][mt][0]; r0[8] += o[nt][mt][2]; r1[0] += o[nt][mt][1]; r1[8] += o[nt][mt][3];
-                    }
-                }
-        }
-        __syncthreads();
-    }
-    for (int i = threadIdx.x; i < MT * 8 * NT * 16; i += THREADS) {
-        const int ml = i / (NT * 16), nl = i % (NT * 16);
+    auto store = [&](int ml, int nl, float v) {
         const int m = m0 + ml, n = nt0 * 16 + nl;
-        if (m < M && n < N) {
-            const float v = flat[i] + (bias ? bias[n] : 0.f);
+        if (n < N) {
+            v += bias ? bias[n] : 0.f;
             if (y_f32) reinterpret_cast<float*>(y)[(size_t)m * ldy + n] = v;
             else reinterpret_cast<u16*>(y)[(size_t)m * ldy + n] = f2h(v);
         }
-    }
-}
+    };
+    const int rows = M - m0 < RM ? M - m0 : RM;  // rows of this grid row that exist (>= 1)
 
-// ---------------------------------------------------------------------------------------------
-// dequantize to W^T [N, ldw] fp16 in K' order (prefill path: then cuBLAS on x in K' order).
-// Columns kp >= Kcols are not written (Kcols % 8 == 0, ldw % 8 == 0, wt 16-byte aligned).
-// Each warp decodes one (n-tile, unit) = 16 x 128 into shared memory, then writes whole
-// 256-byte row segments (16-byte stores, coalesced). Grid: any (grid-stride); block: THREADS.
-template <int BITS, int GSTC>
-__global__ void __launch_bounds__(THREADS)
-dequant_tc(const u32* __restrict__ qw, const u32* __restrict__ sz, u16* __restrict__ wt, int ldw, int Kcols,
-           int N, int Np, int NU, int upg) {
-    constexpr int WPU = Fmt<BITS>::WPU;
-    constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
-    constexpr int S = GSTC < 8 ? 16 * GSTC : 128;
-    constexpr int RW = 68;  // row stride of the tile in words (64 + 4: rows shift banks)
-    __shared__ u32 tile[WARPS][16 * RW];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    u32* tw = tile[warp];
-    const long long tasks = (long long)(Np / 16) * NU;
-    for (long long task = (long long)blockIdx.x * WARPS + warp; task < tasks; task += (long long)gridDim.x * WARPS) {
-        const int nt = (int)(task / NU), u = (int)(task % NU);
-        u32 w[WPU];
-        load_unit<BITS>(w, qw + ((size_t)nt * NU + u) * (32 * WPU), lane);
-        u32 s[NGU][2];
+    // Reduce the 8 warps' partial tiles in warp order (deterministic): red[w][m_local][n_local].
+    __shared__ float red[R::WR][RM][RN];
+    if constexpr (R::WR > 1) {
 #pragma unroll
-        for (int gi = 0; gi < NGU; ++gi) {
-            const int grp = GSTC < 8 ? u * NGU + gi : u / upg;
-            s[gi][0] = ld_nc(sz + (size_t)grp * Np + nt * 16 + g);
-            s[gi][1] = ld_nc(sz + (size_t)grp * Np + nt * 16 + g + 8);
-        }
-        __syncwarp();
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int ts = 0; ts < 8; ++ts) {
-            const int gi = GSTC < 8 ? ts / GSTC : 0;
-            const u32 zz[2] = {prmt(s[gi][0], 0x3232u), prmt(s[gi][1], 0x3232u)};
-            const u32 sc[2] = {prmt(s[gi][0], 0x1010u), prmt(s[gi][1], 0x1010u)};
-            u32 a[4];
-#pragma unroll
-            for (int pr = 0; pr < 4; ++pr) a[pr] = hmul2(hsub2(magic_pair<BITS>(w, ts, pr), zz[pr & 1]), sc[pr & 1]);
-            const int col = (kpos<S>(u, ts, t) - u * 128) >> 1;  // word column within the unit
-            *reinterpret_cast<uint2*>(tw + g * RW + col) = make_uint2(a[0], a[2]);
-            *reinterpret_cast<uint2*>(tw + (g + 8) * RW + col) = make_uint2(a[1], a[3]);
-        }
-        __syncwarp();
-        // 16 rows x 64 words: lane l writes 16 bytes of rows r = l/16 + 2i, chunk l % 16.
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int r = (lane >> 4) + 2 * i, ch = lane & 15;
-            const int n = nt * 16 + r, kp = u * 128 + ch * 8;
-            if (n < N && kp < Kcols)
-                *reinterpret_cast<uint4*>(wt + (size_t)n * ldw + kp) = *reinterpret_cast<const uint4*>(tw + r * RW + ch * 4);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// x [M, ldx] (fp16 or fp32) -> xg [M, Kp] fp16 in K' order: xg[m, kp] = x[m, perm[kp]] (gather = 1,
-// 0 where perm < 0) or x[m, kp] (gather = 0, 0 for kp >= Kx). One thread per output pair.
-extern "C" __global__ void __launch_bounds__(THREADS)
-prep_x(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather, const int* __restrict__ perm,
-       u32* __restrict__ xg, int M, int Kp) {
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const int half_kp = Kp >> 1;
-    if (idx >= (long long)M * half_kp) return;
-    const int m = (int)(idx / half_kp), kp = 2 * (int)(idx % half_kp);
-    u32 h[2];
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-        const int k = gather ? perm[kp + j] : (kp + j < Kx ? kp + j : -1);
-        h[j] = 0u;
-        if (k >= 0) {
-            if (x_f32) h[j] = f2h(reinterpret_cast<const float*>(x)[(size_t)m * ldx + k]);
-            else h[j] = reinterpret_cast<const u16*>(x)[(size_t)m * ldx + k];
-        }
-    }
-    xg[idx] = h[0] | (h[1] << 16);
-}
-
-// ---------------------------------------------------------------------------------------------
-// repack: CPU format -> tc layout (load time)
-
-// Code of (k, n) in a bitstream packed along k: qweight int32 [ceil(K/32)*BITS, N].
-template <int BITS>
-__device__ __forceinline__ u32 stream_code(const u32* __restrict__ q, int k, int n, int N) {
-    const int bit = (k & 31) * BITS;
-    const size_t row = (size_t)(k >> 5) * BITS + (bit >> 5);
-    const int sh = bit & 31;
-    u64 v = q[row * N + n] >> sh;
-    if (sh + BITS > 32) v |= (u64)q[(row + 1) * N + n] << (32 - sh);
-    return (u32)v & ((1u << BITS) - 1u);
-}
-
-// qweight: [ceil(K/32)*BITS, N] int32 (kernels/reference.py).  perm: [K'] int32.
-// out: tc words. span: S = 16*min(gst, 8). One thread per (n-tile, unit, lane).
-template <int BITS>
-__global__ void __launch_bounds__(THREADS)
-repack_tc(const u32* __restrict__ qweight, int K, int N, const int* __restrict__ perm,
-          int Np, int NU, int span, u32* __restrict__ out) {
-    constexpr int WPU = Fmt<BITS>::WPU;
-    const long long total = (long long)(Np / 16) * NU * 32;
-    const long long tid = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (tid >= total) return;
-    const int lane = (int)(tid & 31);
-    const long long rest = tid >> 5;
-    const int u = (int)(rest % NU), nt = (int)(rest / NU);
-    const int g = lane >> 2, t = lane & 3;
-    const int TS = span / 16;
-    u32 w[WPU];
-#pragma unroll
-    for (int i = 0; i < WPU; ++i) w[i] = 0u;
-#pragma unroll
-    for (int ts = 0; ts < 8; ++ts) {
-        const int kp0 = u * 128 + (ts / TS) * span + t * (span / 4) + (ts % TS) * 4;
-#pragma unroll
-        for (int pr = 0; pr < 4; ++pr)
-#pragma unroll
-            for (int hi = 0; hi < 2; ++hi) {
-                const int k = perm[kp0 + 2 * (pr >> 1) + hi];
-                const int n = nt * 16 + g + 8 * (pr & 1);
-                const u32 code = (k >= 0 && k < K && n < N) ? stream_code<BITS>(qweight, k, n, N) : 0u;
-                if constexpr (BITS == 3) {
-                    const int p = (ts & 3) * 4 + pr;
-                    if (p == 15) {
-#pragma unroll
-                        for (int b = 0; b < 3; ++b) {
-                            int word;
-                            const int shift = code_bit_pos<BITS>(ts, pr, hi, b, &word);
-                            w[word] |= ((code >> b) & 1u) << shift;
-                        }
-                        continue;
-                    }
-                }
-                int word;
-                const int shift = code_bit_pos<BITS>(ts, pr, hi, 0, &word);
-                w[word] |= code << shift;
+            for (int mt = 0; mt < MT; ++mt) {
+                float* r0 = &red[warp][mt * 8 + 2 * t][nt * 16 + g];
+                float* r1 = &red[warp][mt * 8 + 2 * t + 1][nt * 16 + g];
+                r0[0] = o[nt][mt][0]; r0[8] = o[nt][mt][2]; r1[0] = o[nt][mt][1]; r1[8] = o[nt][mt][3];
             }
-    }
-    u32* base = out + ((size_t)nt * NU + u) * (32 * WPU);
-    if constexpr (BITS == 3) {
-        *reinterpret_cast<uint4*>(base + lane * 4) = make_uint4(w[0], w[1], w[2], w[3]);
-        *reinterpret_cast<uint2*>(base + 128 + lane * 2) = make_uint2(w[4], w[5]);
-    } else {
+        __syncthreads();
+        __shared__ float part[CS > 1 ? RM * RN : 1];
+        for (int i = threadIdx.x; i < rows * RN; i += THREADS) {
+            const int ml = i / RN, nl = i - ml * RN;
+            float v = 0.f;
 #pragma unroll
-        for (int c = 0; c < WPU / 4; ++c)
-            *reinterpret_cast<uint4*>(base + c * 128 + lane * 4) = make_uint4(w[4 * c], w[4 * c + 1], w[4 * c + 2], w[4 * c + 3]);
+            for (int w = 0; w < WARPS; ++w) v += red[w][ml][nl];
+            if constexpr (CS > 1) part[i] = v;
+            else store(ml, nl, v);
+        }
+        if constexpr (CS > 1) {
+            cluster_sync_all();  // every block's partial tile written
+            if (rank == 0) {
+                for (int i = threadIdx.x; i < rows * RN; i += THREADS) {
+                    float v = 0.f;
+#pragma unroll
+                    for (int q = 0; q < CS; ++q) v += ld_cluster_f32(&part[i], (u32)q);
+                    store(i / RN, i % RN, v);
+                }
+            }
+            cluster_sync_all();  // no block exits while rank 0 still reads its shared memory
+        }
+    } else {
+        float* flat = &red[0][0][0];
+#pragma unroll 1
+        for (int w = 0; w < WARPS; ++w) {
+            if (warp == w) {
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        float* r0 = &red[0][mt * 8 + 2 * t][nt * 16 + g];
+                        float* r1 = &red[0][mt * 8 + 2 * t + 1][nt * 16 + g];
+                        if (w == 0) {
+                            r0[0] = o[nt][mt][0]; r0[8] = o[nt][mt][2]; r1[0] = o[nt][mt][1]; r1[8] = o[nt][mt][3];
+                        } else {
+                            r0[0] += o[nt][mt][0]; r0[8] += o[nt][mt][2]; r1[0] += o[nt][mt][1]; r1[8] += o[nt][mt][3];
+                        }
+                    }
+            }
+            __syncthreads();
+        }
+        for (int i = threadIdx.x; i < rows * RN; i += THREADS) store(i / RN, i % RN, flat[i]);
     }
 }
 
-// scales: [G, N] fp32; qzeros: [G, ceil(N/32)*bits] int32 bitstream along N.
-// out: [Gp, Np] half2(scale, 1024 + zero); padding rows/columns get (0, 1024).
-extern "C" __global__ void __launch_bounds__(THREADS)
-repack_sz(const float* __restrict__ scales, const u32* __restrict__ qzeros, int G, int N, int bits,
-          int Gp, int Np, u32* __restrict__ out) {
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long long)Gp * Np) return;
-    const int gq = (int)(idx / Np), n = (int)(idx % Np);
-    u32 r = SZ_PAD;
-    if (gq < G && n < N) {
-        const int nz = ((N + 31) / 32) * bits;
-        const int bit = (n & 31) * bits;
-        const int col = (n >> 5) * bits + (bit >> 5);
-        const int sh = bit & 31;
-        const u32* row = qzeros + (size_t)gq * nz;
-        u64 v = row[col] >> sh;
-        if (sh + bits > 32) v |= (u64)row[col + 1] << (32 - sh);
-        const u32 z = (u32)v & ((1u << bits) - 1u);
-        r = (u32)f2h(scales[(size_t)gq * N + n]) | ((0x6400u | z) << 16);
-    }
-    out[idx] = r;
+#define SMALL_PARAMS                                                                                        \
+    const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather, const u32* __restrict__ qw,        \
+        const u32* __restrict__ sz, const int* __restrict__ perm, const float* __restrict__ bias,           \
+        void* __restrict__ y, int ldy, int y_f32, int M, int N, int Np, int NU, int upg, int ushift
+#define SMALL_ARGS x, ldx, Kx, x_f32, gather, qw, sz, perm, bias, y, ldy, y_f32, M, N, Np, NU, upg, ushift
+
+// One block per 16*NT outputs (and 8*MT rows), all of K.
+template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PD>
+__global__ void __launch_bounds__(THREADS, OCC) qgemm_small(SMALL_PARAMS) {
+    small_body<BITS, MT, NT, GSTC, XS, OCC, PD, 1>(SMALL_ARGS);
+}
+
+// Split-K: a cluster of CS blocks per 16*NT outputs, M <= 8.
+template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS>
+__global__ __launch_bounds__(THREADS, OCC) __cluster_dims__(CS, 1, 1) void qgemm_split(SMALL_PARAMS) {
+    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS>(SMALL_ARGS);
 }

@@ -2,6 +2,7 @@
 
     python tools/bench_kernels.py            # all shapes and M; table last, $OUT/bench.json
     python tools/bench_kernels.py --quick    # two shapes, M in {1, 16, 512}
+    python tools/bench_kernels.py --sweep    # M = 1 and 4: every split-K / occupancy variant first
 
 Measures the device-to-device copy bandwidth first (bytes read + written), then for each weight
 shape K x N and batch M: y = x @ W with
@@ -153,7 +154,6 @@ def bench_shape(K, N, ms, timer, device, gen, l2):
 
 
 def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
-    from gptq_export.kernels import cuda as kc
     from gptq_export.kernels import torch_cuda as tc
 
     nx = max(len(v) for v in variants.values())
@@ -170,16 +170,8 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
         row["int4_us"] = t * 1e3
         row["int4_GBps"] = (N * K // 2 + (K // GROUP) * N * 4 + xy_bytes) / t / 1e6
 
-    def run(i, layers, path="auto", mt=None, nt=None, staged=None, occ=None):
-        x = xs[i % nx]
-        layer = layers[i % len(layers)]
-        if mt is None and staged is None:
-            return tc.linear(x, layer, None, path=path)
-        y = torch.empty(M, N, device=device, dtype=torch.float16)
-        with tc._On(device):
-            kc.quant_matmul(tc.to_cupy(x), layer, None, tc.to_cupy(y), path="fused", mt=mt, nt=nt, xs=staged,
-                            occ=occ)
-        return y
+    def run(i, layers, path="auto"):
+        return tc.linear(xs[i % nx], layers[i % len(layers)], None, path=path)
 
     for name, layers in variants.items():
         nb = layers[0].read_bytes + xy_bytes
@@ -187,24 +179,77 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
             t = timer.per_call_ms(lambda i, layers=layers, path=path: run(i, layers, path), max(len(layers), nx))
             key = name if path == "auto" else f"{name}_{path}"
             row[f"{key}_us"], row[f"{key}_GBps"] = t * 1e3, nb / t / 1e6
-        if M in (1, 4) and kc.staged_x(layers[0], M, 1):  # x from global memory; other occupancies
-            t = timer.per_call_ms(lambda i, layers=layers: run(i, layers, staged=False), max(len(layers), nx))
-            row[f"{name}_unstaged_us"] = t * 1e3
-            for occ in (2, 3, 4):
-                if kc.staged_x(layers[0], M, 1, occ):
-                    t = timer.per_call_ms(lambda i, layers=layers, occ=occ: run(i, layers, staged=True, occ=occ),
-                                          max(len(layers), nx))
-                    row[f"{name}_occ{occ}_us"] = t * 1e3
-        if M == 16 and not name.endswith("a"):  # tile variants (tuning data)
-            for mt, nt in [(2, 1), (2, 2), (4, 1)]:
-                t = timer.per_call_ms(lambda i, layers=layers, mt=mt, nt=nt: run(i, layers, mt=mt, nt=nt),
-                                      max(len(layers), nx))
-                row[f"{name}_mt{mt}nt{nt}_us"] = t * 1e3
         if M in (4, 16, 64):  # sanity: the fused kernel and dequantize + cuBLAS agree
             a = run(0, layers, "fused").float()
             b = run(0, layers, "dequant").float()
             row[f"{name}_fused_vs_dequant"] = float((a - b).norm() / b.norm())
     return row
+
+
+def _variant_label(kw: dict) -> str:
+    return f"{'s' if kw['xs'] else 'g'}{kw['occ']}c{kw['cs']}"
+
+
+def _sweep_shape(K, N, bits, variants, timer, device, gen, l2) -> list[dict]:
+    from gptq_export.kernels import cuda as kc
+    from gptq_export.kernels import torch_cuda as tc
+
+    first = tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
+    layers = [first] + [tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
+                        for _ in range(n_copies(first.read_bytes, l2) - 1)]
+    nl = len(layers)
+    rows = []
+    for M in (1, 4):
+        xs = [torch.randn(M, K, device=device, dtype=torch.float16, generator=gen) for _ in range(nl)]
+        ys = [torch.empty(M, N, device=device, dtype=torch.float16) for _ in range(nl)]
+
+        def call(i, kw=None, xs=xs, ys=ys):
+            with tc._On(device):
+                kc.quant_matmul(tc.to_cupy(xs[i % nl]), layers[i % nl], None, tc.to_cupy(ys[i % nl]), path="fused",
+                                **(kw or {}))
+            return ys[i % nl]
+
+        ref = call(0).float().clone()
+        row = {"K": K, "N": N, "bits": bits, "M": M, "default_us": timer.per_call_ms(call, nl, reps=5) * 1e3,
+               "variants": {}}
+        for name, kw in variants:
+            if kc._small_params(name)["bits"] != bits or (kw["xs"] and M != 1):
+                continue
+            err = float((call(0, kw).float() - ref).norm() / ref.norm())
+            t = timer.per_call_ms(lambda i, kw=kw, call=call: call(i, kw), nl, reps=5) * 1e3
+            row["variants"][_variant_label(kw)] = (round(t, 2), err)
+        best = min(row["variants"].items(), key=lambda kv: kv[1][0])
+        row["best"], row["best_us"] = best[0], best[1][0]
+        row["max_err"] = max(v[1] for v in row["variants"].values())
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def sweep(shapes, timer, device, gen, l2) -> list[dict]:
+    """M = 1 and 4: time every fused-kernel variant of kernels.cuda.sweep_kernel_names (x staged
+    's' or read from global memory 'g', blocks per SM, blocks per split-K cluster 'c') next to the
+    default plan, and check each against the default's output."""
+    from gptq_export.kernels import cuda as kc
+
+    variants = kc.sweep_kernel_names()
+    t0 = time.time()
+    kc.precompile([n for n, _ in variants])
+    print(f"sweep: {len(variants)} kernels compiled in {time.time() - t0:.1f}s", flush=True)
+    rows = []
+    for K, N in shapes:
+        for bits in (4, 3):
+            rows += _sweep_shape(K, N, bits, variants, timer, device, gen, l2)
+            torch.cuda.empty_cache()
+    labels = sorted({k for r in rows for k in r["variants"]})
+    print("\nsweep (us; s/g = x staged / global, then blocks per SM, c = blocks per split-K cluster)")
+    print(f"{'K x N':>12} {'b':>2} {'M':>2} {'default':>8} {'best':>7} " + " ".join(f"{lb:>7}" for lb in labels)
+          + "  maxerr")
+    for r in rows:
+        cells = " ".join(f"{r['variants'][lb][0]:>7.1f}" if lb in r["variants"] else f"{'':>7}" for lb in labels)
+        print(f"{r['K']:>5} x {r['N']:<5} {r['bits']:>2} {r['M']:>2} {r['default_us']:>8.1f} {r['best']:>7} {cells}"
+              f"  {r['max_err']:.1e}")
+    return rows
 
 
 def run_one(spec: str) -> None:
@@ -234,6 +279,8 @@ def main() -> None:
     ap.add_argument("--shapes", nargs="*", help="KxN, e.g. 4096x4096")
     ap.add_argument("--ms", nargs="*", type=int)
     ap.add_argument("--one", help="KxN:M:variant (w4, w4a, w3, w3a, fp16): run it 20 times, for a profiler")
+    ap.add_argument("--sweep", action="store_true", help="time the M <= 8 kernel variants first")
+    ap.add_argument("--sweep-only", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels needs a CUDA GPU")
@@ -256,6 +303,10 @@ def main() -> None:
     results = {"device": props.name, "copy_GBps": copy_bw, "read_GBps": read_bw, "torch": torch.__version__,
                "rows": []}
     int4_error = None
+    if args.sweep or args.sweep_only:
+        results["sweep"] = sweep(shapes, timer, device, gen, l2)
+        if args.sweep_only:
+            shapes = []
 
     for K, N in shapes:
         rows, err = bench_shape(K, N, ms, timer, device, gen, l2)
@@ -273,7 +324,7 @@ def main() -> None:
           f"%cp = our GB/s / copy GB/s; xfp16 = fp16 time / ours; int4 = torch _weight_int4pack_mm"
           + (f" (n/a: {int4_error})" if int4_error else ""))
     hdr = (f"{'K x N':>12} {'M':>4} {'fp16':>8} {'int4':>8} {'w4':>8} {'w4act':>8} {'w3':>8} {'w3act':>8} "
-           f"{'w4%cp':>6} {'w3%cp':>6} {'w4xfp16':>7} {'w3xfp16':>7} {'w4/int4':>7}")
+           f"{'w4GB/s':>7} {'w4%cp':>6} {'w3%cp':>6} {'w4xfp16':>7} {'w3xfp16':>7} {'w4/int4':>7}")
     print(hdr)
     for r in results["rows"]:
         def us(k, r=r):
@@ -283,7 +334,7 @@ def main() -> None:
         w3cp = r["w3_GBps"] / copy_bw * 100
         vs_int4 = f"{r['int4_us'] / r['w4_us']:.2f}" if "int4_us" in r else "n/a"
         print(f"{r['K']:>5} x {r['N']:<5} {r['M']:>4} {us('fp16_us'):>8} {us('int4_us'):>8} {us('w4_us'):>8} "
-              f"{us('w4a_us'):>8} {us('w3_us'):>8} {us('w3a_us'):>8} {w4cp:>5.0f}% {w3cp:>5.0f}% "
+              f"{us('w4a_us'):>8} {us('w3_us'):>8} {us('w3a_us'):>8} {r['w4_GBps']:>7.0f} {w4cp:>5.0f}% {w3cp:>5.0f}% "
               f"{r['fp16_us'] / r['w4_us']:>7.2f} {r['fp16_us'] / r['w3_us']:>7.2f} {vs_int4:>7}")
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks of the CUDA kernels, in one go, on a machine with a CUDA GPU:
-#   install the repo (editable, no dependencies), compile the kernels, run the gpu tests,
-#   then tools/bench_kernels.py and tools/bench_decode_gpu.py.
+#   install the repo (editable, no dependencies), compile the kernels (stops here when one fails
+#   to compile), run the gpu tests, then tools/bench_kernels.py (--sweep by default: M <= 8 kernel
+#   variants first), tools/bench_decode_gpu.py, tools/bench_ort_cuda.py (onnxruntime device="cuda"
+#   vs "cpu") and its --trace-probe (torch.export of the tiny Llama with candidate seq Dims).
 #
 #   bash tools/gpu_run.sh                     # everything
 #   STAGES="test bench" BENCH_ARGS=--quick bash tools/gpu_run.sh
@@ -9,8 +11,8 @@
 # Needs python3 with torch (CUDA), cupy, transformers, onnxruntime, pytest. onnxruntime-extensions
 # (for the onnxruntime device="cuda" test) is installed from ./.whl/*.whl when that folder exists.
 # Logs go to $OUT (default ./gpu_out): env.log, pytest.log, bench.log (+ bench.json),
-# decode.log (+ decode.json), ncu.log (Nsight Compute sections of the M = 1 kernel, where ncu
-# exists). Exit status: nonzero if any stage failed.
+# decode.log (+ decode.json), ort.log (+ ort_cuda.json), probe.log, ncu.log (Nsight Compute
+# sections of the M = 1 kernel, where ncu exists). Exit status: nonzero if any stage failed.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -18,7 +20,7 @@ export OUT
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PY:-python3}"
-STAGES="${STAGES:-test bench decode ncu}"
+STAGES="${STAGES:-test bench decode ort probe ncu}"
 status=0
 
 {
@@ -40,33 +42,44 @@ EOF
 if [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"; fi
 
 # NVRTC takes seconds per kernel: compile the common ones in parallel processes (CuPy's disk cache).
-{
-  echo "== precompile"
-  "$PY" - <<'EOF'
+# (python -c, not a heredoc on stdin: spawned workers re-import __main__ from its path.)
+echo "== precompile" | tee -a "$OUT/env.log"
+if ! "$PY" -c '
 import time
 from gptq_export.kernels import cuda as kc
 t = time.time()
-names = kc.common_kernel_names()
+names = sorted(set(kc.common_kernel_names() + [n for n, _ in kc.sweep_kernel_names()]))
 kc.precompile(names)
 print(f"compiled {len(names)} kernels in {time.time() - t:.1f}s")
-EOF
-} 2>&1 | tee -a "$OUT/env.log" || status=1
+' 2>&1 | tee -a "$OUT/env.log"; then
+  echo "== a kernel failed to compile: stopping"
+  tail -n 40 "$OUT/env.log"
+  exit 1
+fi
 
 if [[ " $STAGES " == *" test "* ]]; then
   echo "== pytest -m gpu"
-  timeout "${TEST_TIMEOUT:-150}" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE --continue-on-collection-errors tests 2>&1 \
+  timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE --continue-on-collection-errors tests 2>&1 \
     | tee "$OUT/pytest.log" || status=1
 fi
 if [[ " $STAGES " == *" bench "* ]]; then
   echo "== bench_kernels"
   # shellcheck disable=SC2086
-  timeout "${BENCH_TIMEOUT:-170}" "$PY" tools/bench_kernels.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" || status=1
+  timeout "${BENCH_TIMEOUT:-240}" "$PY" tools/bench_kernels.py ${BENCH_ARGS---sweep} 2>&1 | tee "$OUT/bench.log" || status=1
 fi
 if [[ " $STAGES " == *" decode "* ]]; then
   echo "== bench_decode_gpu"
   # shellcheck disable=SC2086
   timeout "${DECODE_TIMEOUT:-110}" "$PY" tools/bench_decode_gpu.py ${DECODE_ARGS:-} 2>&1 | tee "$OUT/decode.log" \
     || status=1
+fi
+if [[ " $STAGES " == *" ort "* ]]; then
+  echo "== bench_ort_cuda"
+  timeout "${ORT_TIMEOUT:-240}" "$PY" tools/bench_ort_cuda.py 2>&1 | tee "$OUT/ort.log" || status=1
+fi
+if [[ " $STAGES " == *" probe "* ]]; then
+  echo "== trace probe"
+  timeout "${PROBE_TIMEOUT:-120}" "$PY" tools/bench_ort_cuda.py --trace-probe 2>&1 | tee "$OUT/probe.log" || status=1
 fi
 
 if [[ " $STAGES " == *" ncu "* ]] && command -v ncu >/dev/null; then
@@ -85,5 +98,8 @@ echo
 echo "================ summary (status $status)"
 [ -f "$OUT/pytest.log" ] && grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/pytest.log" | cut -c1-220 | tail -n 30
 [ -f "$OUT/bench.log" ] && sed -n '/copy bandwidth (read/p' "$OUT/bench.log" && sed -n '/^.*: copy .* GB\/s, read/,$p' "$OUT/bench.log"
+[ -f "$OUT/bench.log" ] && sed -n '/^sweep (us/,/^$/p' "$OUT/bench.log"
 [ -f "$OUT/decode.log" ] && sed -n '/^Greedy decode/,$p' "$OUT/decode.log"
+[ -f "$OUT/ort.log" ] && sed -n '/^onnxruntime .*gptq custom op/,$p' "$OUT/ort.log"
+[ -f "$OUT/probe.log" ] && sed -n '/^trace probe/,$p' "$OUT/probe.log"
 exit $status

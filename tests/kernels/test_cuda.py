@@ -150,8 +150,27 @@ def test_plan_rejects_bad_g_idx():
 
 def test_kernel_source_ships_with_the_package():
     src = kc.source()
-    for name in ("qgemm_small", "dequant_tc", "repack_tc", "repack_sz"):
+    for name in ("qgemm_small", "qgemm_split", "dequant_tc", "repack_tc", "repack_sz"):
         assert name in src
+
+
+def test_kernel_names_and_split_plan():
+    assert kc.small_kernel_name(4, 1, 1, 8, True, 4) == "qgemm_small<4,1,1,8,1,4,0>"
+    assert kc.small_kernel_name(3, 1, 1, 8, False, 2, 3, 4) == "qgemm_split<3,1,8,0,2,3,4>"
+    assert kc._small_params("qgemm_split<3,1,8,0,2,3,4>") == dict(bits=3, nt=1, gstc=8, xs=0, occ=2, pd=3, cs=4,
+                                                                   mt=1)
+    with pytest.raises(ValueError):
+        kc.small_kernel_name(4, 2, 1, 8, False, 2, 0, 2)
+
+    def layer(K, N):
+        lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, -(-K // 128))
+        return kc.GpuLinear(lay, None, None, None)
+
+    # Few output tiles: split K (but keep >= 1 unit per warp); many: no split; M > 8: never.
+    assert kc.split_plan(layer(4096, 4096), 1, 4, sms=132) > 1
+    assert kc.split_plan(layer(8192, 28672), 1, 4, sms=132) == 1
+    assert kc.split_plan(layer(1024, 64), 1, 4, sms=132) == 1
+    assert kc.split_plan(layer(4096, 4096), 9, 4, sms=132) == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -309,15 +328,54 @@ def test_gpu_staged_kernel_at_every_occupancy(cp, bits, occ, act):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("case", CASES + [(4096, 64, 128, False), (2048, 130, 64, True)])
+@pytest.mark.parametrize("cs", (2, 4))
+def test_gpu_split_k_cluster_matches_reference(cp, bits, case, cs):
+    """K split over a cluster of 2 or 4 blocks (rank 0 adds the partial tiles through distributed
+    shared memory), x staged (the kernel gathers / casts it) or read from global memory, M = 1..8;
+    K = 100 gives blocks with no K' unit at all."""
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N, group, act = case
+    layer = random_layer(rng, bits, K, N, group, act)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    for M in (1, 3, 8):
+        x = rng.standard_normal((M, K)).astype(np.float16)
+        bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
+        ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
+        for xs in (True, False):
+            got = _run(cp, gl, cp.asarray(x), cp.asarray(bias) if bias is not None else None, path="fused", mt=1,
+                       xs=xs, cs=cs)
+            assert rel_err(got, ref) <= TOL, f"M {M} xs {xs} seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("occ,pd", [(4, 1), (3, 3), (2, 6)])
+def test_gpu_units_in_flight_variants(cp, bits, occ, pd):
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N = 3000, 96
+    layer = random_layer(rng, bits, K, N, 128, True)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    x = rng.standard_normal((2, K)).astype(np.float16)
+    ref = quant_matmul(x.astype(np.float64), *layer, None, bits, K, N)
+    for cs in (1, 2):
+        got = _run(cp, gl, cp.asarray(x), None, path="fused", mt=1, xs=True, occ=occ, pd=pd, cs=cs)
+        assert rel_err(got, ref) <= TOL, f"cs {cs} seed {seed}"
+
+
+@pytest.mark.gpu
 def test_gpu_results_are_deterministic(cp):
     rng = np.random.default_rng()
     layer = random_layer(rng, 4, 2048, 512, 128, True)
     gl = kc.GpuLinear.from_packed(*layer, 4, 2048, 512)
-    for M in (1, 16, 100):
+    for M, cs in ((1, None), (1, 2), (4, 4), (16, None), (100, None)):
         x = cp.asarray(rng.standard_normal((M, 2048)).astype(np.float16))
-        first = cp.asnumpy(kc.quant_matmul(x, gl))
+        first = cp.asnumpy(kc.quant_matmul(x, gl, cs=cs))
         for _ in range(3):
-            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl)), first)
+            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, cs=cs)), first)
 
 
 @pytest.mark.gpu
@@ -333,6 +391,10 @@ def test_gpu_rejects_bad_arguments(cp):
         kc.quant_matmul(cp.zeros((2, 128), cp.float16), gl, cp.zeros(64, cp.float16))
     with pytest.raises(ValueError, match="qweight"):
         kc.GpuLinear.from_packed(layer[0][:-1], *layer[1:], 4, 128, 64)
+    with pytest.raises(ValueError, match="cs must be"):
+        kc.quant_matmul(cp.zeros((2, 128), cp.float16), gl, cs=3)
+    with pytest.raises(ValueError, match="cs must be"):
+        kc.quant_matmul(cp.zeros((20, 128), cp.float16), gl, cs=2)
 
 
 # ------------------------------------------------------------------------------------------------
