@@ -18,8 +18,12 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in ("generate", "Decoder", "Sampling"):
+        from . import decode
+
+        return getattr(decode, name)
     raise AttributeError(f"module 'gptq_export' has no attribute {name!r}")
 
 
-__all__ = ["DOMAIN", "CalibConfig", "ExportResult", "Format", "GptqExportError", "Method", "QuantConfig", "export",
-           "export_float", "__version__"]
+__all__ = ["DOMAIN", "CalibConfig", "Decoder", "ExportResult", "Format", "GptqExportError", "Method", "QuantConfig",
+           "Sampling", "export", "export_float", "generate", "__version__"]

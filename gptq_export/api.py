@@ -1,6 +1,7 @@
 """Python API: `export(model, config, output)` runs trace -> plan -> calibrate/GPTQ -> pack -> rewrite -> emit.
 
     emit: rewritten graph -> `gptq` ONNX model -> (format ort | qdq) stock onnxruntime model -> file
+    kv_cache: the same packed weights rewritten into the traced KV-cache decoder -> file or genai folder
     convert(gptq file) -> ort | qdq file (same weights, no calibration)
 """
 
@@ -19,10 +20,11 @@ from torch import fx
 from . import __version__
 from .config import DOMAIN, CalibConfig, Format, QuantConfig
 from .data import calibration_windows
-from .emit import check_output_path, export_onnx, save_model
+from .emit import build_onnx, check_output_path, rename_io_dims, save_model
 from .errors import CalibrationError, ExportError, TraceError
+from .genai import check_folder_output, genai_config, is_folder_output, write_folder
 from .models import LoadedModel, ModelKind, load_model
-from .pack import pack_linear
+from .pack import PackedLinear, pack_linear
 from .passes.canonicalize import canonicalize_linears
 from .passes.gptq_pass import LayerReport, ProgressFn, quantize_graph
 from .passes.linears import plan_linears
@@ -46,7 +48,9 @@ class ExportResult:
     float_bytes: int  # fp32 bytes of the model's parameters
     file_bytes: int  # bytes of the ONNX file (+ external data)
     seconds: dict[str, float] = field(default_factory=dict)
-    graph_module: fx.GraphModule | None = field(default=None, repr=False)  # the rewritten torch graph
+    graph_module: fx.GraphModule | None = field(default=None, repr=False)  # the rewritten torch graph (no cache)
+    packed: dict[str, PackedLinear] = field(default_factory=dict, repr=False)  # for quant_linear_module.swap_linears
+    kv_cache: bool = False  # the file is the KV-cache decoder
 
     def summary(self) -> dict:
         """JSON-able summary: output, format, settings, per-layer errors, sizes, timings."""
@@ -62,6 +66,7 @@ class ExportResult:
             "mean_loss": sum(r.loss for r in self.reports) / n if n else None,
             "mean_rtn_loss": sum(r.rtn_loss for r in self.reports) / n if n else None,
             "layers": _layer_dicts(self.reports),
+            "kv_cache": self.kv_cache,
             "float_bytes": self.float_bytes,
             "file_bytes": self.file_bytes,
             "seconds": self.seconds,
@@ -85,6 +90,9 @@ def _skipped_dicts(skipped: list[tuple[str, str]]) -> list[dict]:
 
 
 def _file_bytes(path: Path) -> int:
+    """The .onnx file plus its external data; for a genai folder, every file in it."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
@@ -113,25 +121,65 @@ def calibration_inputs(loaded: LoadedModel, calib: CalibConfig, tokens: torch.Te
     return (tokens, torch.ones_like(tokens)) if loaded.kind is ModelKind.ENCODER else (tokens,)
 
 
+#: ONNX names of the KV-cache decoder's symbolic dims (onnxruntime-genai's names).
+KV_DIM_NAMES = {"batch": "batch_size", "seq": "sequence_length", "past": "past_sequence_length",
+                "past + seq": "total_sequence_length"}
+
+
+def _resolve_kv(loaded: LoadedModel, output, kv_cache: bool | None) -> bool:
+    """Whether to write the KV-cache decoder: asked for, or implied by a folder output."""
+    folder = is_folder_output(output)
+    if kv_cache is None:
+        kv_cache = folder
+    if folder and not kv_cache:
+        raise ExportError(f"output {output} is a folder (an onnxruntime-genai model), which needs the KV-cache "
+                          "decoder: drop --no-kv-cache or write a .onnx file")
+    if kv_cache and loaded.kind is not ModelKind.CAUSAL_LM:
+        where = "a genai folder" if folder else "--kv-cache"
+        raise ExportError(f"{loaded.name} is a {loaded.kind} model; {where} needs a causal LM: write a .onnx file "
+                          "without --kv-cache")
+    return kv_cache
+
+
+def _check_output(output, fmt: Format | None = None) -> None:
+    """Fail before any long work if `output` cannot be written (or cannot hold format `fmt`)."""
+    if not is_folder_output(output):
+        check_output_path(output)
+        return
+    if fmt is Format.GPTQ:
+        raise ExportError("onnxruntime-genai cannot run the gptq custom op; use --format ort or qdq for a genai "
+                          "folder (bits 2/4/8), or write the gptq format to a .onnx file")
+    check_folder_output(output)
+
+
 def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict, config: QuantConfig | None = None) -> Path:
-    """Write the traced (rewritten) graph, converted to config's format when it is not gptq."""
-    to_format = None
-    if config is not None and config.resolved_format() is not Format.GPTQ:
-        from .passes.onnx_formats import convert_format
-
-        def to_format(model):
-            return convert_format(model, config.resolved_format(), config.accuracy_level)
-
-    return export_onnx(
+    """Write the traced (rewritten) graph, converted to config's format when it is not gptq: a .onnx file,
+    or an onnxruntime-genai folder when `output` is not a .onnx name."""
+    fmt = config.resolved_format() if config is not None else None
+    folder = is_folder_output(output)
+    _check_output(output, fmt)
+    if traced.kv is not None:
+        metadata = {**metadata, "kv_cache": dataclasses.asdict(traced.kv)}
+    model = build_onnx(
         traced.graph_module,
         traced.example_inputs(batch=2, seq=8, vocab=loaded.vocab_size or 2),
         traced.dynamic_shapes(),
         traced.input_names,
-        traced.output_name,
-        output,
+        traced.output_names,
         metadata,
-        to_format,
     )
+    if traced.kv is not None:
+        mask_dim = model.graph.inputs[1].shape[1]
+        rename_io_dims(model, {**KV_DIM_NAMES, str(mask_dim): "total_sequence_length"})
+    if fmt is not None and fmt is not Format.GPTQ:
+        from .passes.onnx_formats import convert_format
+
+        model = convert_format(model, fmt, config.accuracy_level)
+    if folder:
+        assert traced.kv is not None
+        cfg = genai_config(loaded.model, traced.kv, traced.max_seq)
+        return write_folder(model, output, cfg, loaded.tokenizer)
+    return save_model(model, output)
 
 
 def export(
@@ -142,13 +190,16 @@ def export(
     *,
     tokenizer=None,
     calib_tokens: torch.Tensor | None = None,
+    kv_cache: bool | None = None,
     progress: ProgressFn | None = None,
     status: StatusFn | None = None,
 ) -> ExportResult:
     """Quantize every Linear of `model` with GPTQ and write a low-bit ONNX model to `output`.
 
     model: a Hugging Face folder, an nn.Module, or None for the embedded default model.
+    output: a .onnx file, or a folder (any other name): an onnxruntime-genai model folder.
     calib_tokens: optional [nsamples, seqlen] token ids instead of tokenizing `calib.text`.
+    kv_cache: write the decoder with past/present key-values (causal LMs); None = only for a folder.
     progress(report, i, n) is called after each layer; status(msg) at each stage.
     """
     config = config or QuantConfig()
@@ -157,9 +208,10 @@ def export(
     say = status or (lambda _msg: None)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    check_output_path(output)
+    _check_output(output, config.format)
 
     loaded = load_model(model, tokenizer, on_status=say)
+    kv_cache = _resolve_kv(loaded, output, kv_cache)
     times["load"] = time.perf_counter() - t0
 
     say(f"tracing {loaded.name} with torch.export")
@@ -185,7 +237,11 @@ def export(
     t = time.perf_counter()
     packed = {name: pack_linear(qw, config.group_size) for name, qw in result.weights.items()}
     rewrite_quantized_linears(gm, plan, packed)
-    say(f"writing ONNX ({config.format.value} format) to {output}")
+    target = traced
+    if kv_cache:
+        say("tracing the KV-cache decoder")
+        target = _kv_decoder(loaded, plan, packed, config)
+    say(f"writing ONNX ({config.format.value} format{', KV cache' if kv_cache else ''}) to {output}")
     metadata = {
         "version": __version__,
         "model": loaded.name,
@@ -195,7 +251,7 @@ def export(
         "layers": _layer_dicts(result.reports),
         "skipped": _skipped_dicts(plan.skipped),
     }
-    path = _emit(traced, loaded, output, metadata, config)
+    path = _emit(target, loaded, output, metadata, config)
     times["emit"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     return ExportResult(
@@ -210,16 +266,38 @@ def export(
         file_bytes=_file_bytes(path),
         seconds=times,
         graph_module=gm,
+        packed=packed,
+        kv_cache=kv_cache,
     )
 
 
+def _kv_decoder(loaded: LoadedModel, plan, packed: dict[str, PackedLinear], config: QuantConfig) -> TracedModel:
+    """Trace the KV-cache decoder and rewrite its Linears with the already packed weights."""
+    kv = trace_model(loaded, kv_cache=True)
+    gm = canonicalize_linears(kv.graph_module)
+    kv_plan = plan_linears(gm, loaded.model, config)
+    names, kv_names = {s.name for s in plan.sites}, {s.name for s in kv_plan.sites}
+    if names != kv_names:
+        diff = sorted(names ^ kv_names)[:3]
+        raise TraceError(f"the KV-cache decoder calls other Linears than the calibration graph ({', '.join(diff)}); "
+                         "export without --kv-cache")
+    rewrite_quantized_linears(gm, kv_plan, packed)
+    kv.graph_module = gm
+    return kv
+
+
 def export_float(
-    model: str | os.PathLike | torch.nn.Module | None, output: str | os.PathLike, *, status: StatusFn | None = None
+    model: str | os.PathLike | torch.nn.Module | None,
+    output: str | os.PathLike,
+    *,
+    kv_cache: bool | None = None,
+    status: StatusFn | None = None,
 ) -> Path:
-    """Export the unquantized model through the same trace/emit path (the FP baseline)."""
-    check_output_path(output)
+    """Export the unquantized model through the same trace/emit path (the FP baseline); `output` and
+    `kv_cache` as in `export`."""
+    _check_output(output)
     loaded = load_model(model, on_status=status)
-    traced = trace_model(loaded)
+    traced = trace_model(loaded, kv_cache=_resolve_kv(loaded, output, kv_cache))
     return _emit(traced, loaded, output, {"version": __version__, "model": loaded.name, "config": None})
 
 

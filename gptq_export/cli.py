@@ -29,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="GPTQ-quantize the Linear layers of a transformer and write a low-bit ONNX model.",
     )
     p.add_argument("model", nargs="?", help="Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("-o", "--output", help="output .onnx file (default: <model>-<method>-w<bits>g<group>.onnx)")
+    p.add_argument("-o", "--output",
+                   help="output .onnx file, or a folder (any name not ending in .onnx): an onnxruntime-genai model "
+                        "folder with the KV-cache decoder, genai_config.json and the tokenizer "
+                        "(default: <model>-<method>-w<bits>g<group>.onnx)")
+    p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction,
+                   help="export the decoder with past/present key-values (causal LMs; default: only for a folder -o)")
     q = p.add_argument_group("quantization")
     q.add_argument("--bits", type=int, choices=SUPPORTED_BITS, help=f"bits per weight (default {_Q['bits']})")
     q.add_argument("--group-size", type=int, help=f"columns per scale/zero group, -1 = per channel (default {_Q['group_size']})")
@@ -84,7 +89,7 @@ def _print_summary(result, out) -> None:
     ratio = s["mean_loss"] / s["mean_rtn_loss"] if s["mean_rtn_loss"] else float("nan")
     rows = [
         ("model", s["model"]),
-        ("output", s["output"]),
+        ("output", s["output"] + ("  (KV-cache decoder)" if s["kv_cache"] else "")),
         ("layers quantized", f"{s['layers_quantized']} ({len(result.skipped)} left in float)"),
         ("bits / group / sym", f"{cfg.bits} / {cfg.group_size} / {'sym' if cfg.sym else 'asym'}"
          f"{' / act-order' if cfg.act_order else ''}{' / static groups' if cfg.static_groups else ''}"),
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from .api import export
 
-        result = export(args.model, config, output, calib, progress=progress, status=status)
+        result = export(args.model, config, output, calib, kv_cache=args.kv_cache, progress=progress, status=status)
         if bar is not None:
             bar.close()
         if args.json:

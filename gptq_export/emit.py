@@ -20,7 +20,6 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -105,7 +104,7 @@ def build_onnx(
     example_inputs: tuple[torch.Tensor, ...],
     dynamic_shapes: tuple,
     input_names: tuple[str, ...],
-    output_name: str,
+    output_names: tuple[str, ...],
     metadata: dict[str, object],
 ) -> ir.Model:
     """torch.onnx (dynamo) export of gm, in memory; metadata values are JSON-encoded unless strings."""
@@ -117,7 +116,7 @@ def build_onnx(
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes,
                 input_names=list(input_names),
-                output_names=[output_name],
+                output_names=list(output_names),
                 opset_version=OPSET,
                 custom_translation_table=translation_table(),
             )
@@ -129,23 +128,15 @@ def build_onnx(
     return program.model
 
 
-def export_onnx(
-    gm: fx.GraphModule,
-    example_inputs: tuple[torch.Tensor, ...],
-    dynamic_shapes: tuple,
-    input_names: tuple[str, ...],
-    output_name: str,
-    path: str | os.PathLike,
-    metadata: dict[str, object],
-    convert: Callable[[ir.Model], ir.Model] | None = None,
-) -> Path:
-    """Export gm to ONNX at `path` (atomically), after `convert` (an ONNX -> ONNX pass) if given."""
-    path = Path(path)
-    check_output_path(path)
-    model = build_onnx(gm, example_inputs, dynamic_shapes, input_names, output_name, metadata)
-    if convert is not None:
-        model = convert(model)
-    return save_model(model, path)
+def rename_io_dims(model: ir.Model, names: dict[str, str]) -> ir.Model:
+    """Rename symbolic dims of the graph inputs and outputs (e.g. `batch` -> `batch_size`), in place."""
+    for value in (*model.graph.inputs, *model.graph.outputs):
+        if value.shape is None:
+            continue
+        dims = [ir.SymbolicDim(names.get(d.value, d.value)) if isinstance(d, ir.SymbolicDim) else d
+                for d in value.shape.dims]
+        value.shape = ir.Shape(dims)
+    return model
 
 
 def check_output_path(path: str | os.PathLike) -> None:

@@ -47,3 +47,44 @@ def test_onnx_perplexity_is_far_below_vocabulary_and_matches_torch(exported):
     ref = exported.graph_module(ids).detach().numpy()
     got = sess.run({"input_ids": ids.numpy()})[0]
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def genai_folder(tmp_path_factory):
+    """The default model as an onnxruntime-genai folder: ort 4-bit g128 at accuracy level 0."""
+    out = tmp_path_factory.mktemp("smol-genai") / "smollm2-w4"
+    config = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=0)
+    return gx.export(None, config, out, gx.CalibConfig(nsamples=4, seqlen=128))
+
+
+def test_genai_folder_greedy_tokens_equal_torch(genai_folder):
+    """Up to 32 greedy tokens (stopping at eos, as all three do by default): HF generate() with
+    QuantLinear == our onnxruntime loop == onnxruntime-genai."""
+    import onnxruntime_genai as og
+    import torch
+
+    from gptq_export.quant_linear_module import swap_linears
+
+    loaded = load_model(None)
+    prompt_text = "Once upon a time, in a small village by the sea, there lived"
+    ids = loaded.tokenizer(prompt_text, return_tensors="np")["input_ids"]
+    og_model = og.Model(str(genai_folder.path))
+    np.testing.assert_array_equal(og.Tokenizer(og_model).encode(prompt_text), ids[0])  # the copied tokenizer
+
+    swap_linears(loaded.model, genai_folder.packed)
+    eos = loaded.model.generation_config.eos_token_id
+    with torch.no_grad():
+        want = loaded.model.generate(torch.as_tensor(ids), max_new_tokens=32, do_sample=False)[0, ids.shape[1]:]
+    want = want.numpy()
+    assert len(want) >= 24, want  # a long enough continuation for the comparison to mean something
+    np.testing.assert_array_equal(gx.generate(genai_folder.path, ids, 32, eos_token_id=eos)[0], want)
+
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=ids.shape[1] + 32, do_sample=False)
+    gen = og.Generator(og_model, params)
+    gen.append_tokens(ids.astype(np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    np.testing.assert_array_equal(np.array(got), want)
