@@ -383,6 +383,8 @@ def test_screenshot_tool_sees_the_chart(models, tmp_path):
     result = json.loads(proc.stdout)
     assert result["passed"] and result["gptq"]["bands"] == result["rtn"]["bands"] == len(models.quantized)
     assert (tmp_path / "report.png").stat().st_size > 10_000
+    rc, out, err = run_cli([str(models.paths["gptq"]), "--png", str(tmp_path / "direct.png")])  # --png alone
+    assert rc == 0 and err == "" and (tmp_path / "direct.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- bad input
