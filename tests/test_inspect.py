@@ -427,3 +427,30 @@ def test_real_process_truncated_file(models, tmp_path):
     ok = subprocess.run([sys.executable, "-m", "gptq_export.inspect", str(models.paths["ort"]), "--json"],
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stderr == "" and json.loads(ok.stdout)["format"] == "ort"
+
+
+def test_compare_feeds_kv_cache_inputs_and_matches_layers_of_another_trace():
+    """KV-cache decoders (past_key_values.{i}.key ...) get empty caches; layers pair up in graph order
+    when the two files come from different traces (value names differ)."""
+    from gptq_export.inspect.compare import _feeds, match_layers
+    from gptq_export.inspect.reader import FloatLinear, QuantNode
+
+    inputs = [SimpleNamespace(name="input_ids", type="tensor(int64)", shape=["batch_size", "sequence_length"]),
+              SimpleNamespace(name="attention_mask", type="tensor(int64)", shape=["batch_size", "total_seq"]),
+              SimpleNamespace(name="position_ids", type="tensor(int64)", shape=["batch_size", "sequence_length"]),
+              SimpleNamespace(name="past_key_values.0.key", type="tensor(float)",
+                              shape=["batch_size", 2, "past_sequence_length", 16])]
+    feed = _feeds(SimpleNamespace(get_inputs=lambda: inputs), np.array([[5, 6, 7]]))
+    assert feed["past_key_values.0.key"].shape == (1, 2, 0, 16)
+    assert feed["attention_mask"].tolist() == [[1, 1, 1]] and feed["position_ids"].tolist() == [[0, 1, 2]]
+
+    def q(name, x, k, n):
+        return QuantNode(name, name, "op", "ort", k, n, 4, 32, 32, False, False, x, name + ".y")
+
+    qs = [q("a", "x1", 64, 64), q("b", "x1", 64, 32), q("c", "x2", 64, 96)]
+    fls = [FloatLinear("f_a", 64, 64, "t1", "ya", "w"), FloatLinear("f_b", 64, 32, "t1", "yb", "w"),
+           FloatLinear("f_c", 64, 96, "t9", "yc", "w"), FloatLinear("head", 64, 400, "t5", "logits", "w")]
+    assert [p.fp.node for p in match_layers(qs, fls)] == ["f_a", "f_b", "f_c"]
+    same_trace = [FloatLinear("g_b", 64, 32, "x1", "yb", "w"), FloatLinear("g_a", 64, 64, "x1", "ya", "w"),
+                  FloatLinear("g_c", 64, 96, "x2", "yc", "w")]
+    assert [p.fp.node for p in match_layers(qs, same_trace)] == ["g_a", "g_b", "g_c"]

@@ -162,27 +162,30 @@ class Pair:
 
 
 def match_layers(qnodes: list[QuantNode], fls: list[FloatLinear]) -> list[Pair]:
-    """Pair each quantized layer with the float model's Linear: (input name, N, rank), else order on K x N."""
-    by_key: dict[tuple[str, int], list[FloatLinear]] = {}
+    """Pair each quantized layer with the float model's Linear.
+
+    By (input value name, K, N) in graph order, which holds when both files come from the same
+    trace; else (different traces, e.g. a KV-cache decoder against the plain float export) in graph
+    order on K x N. Whichever pairs more layers wins.
+    """
+    by_key: dict[tuple[str, int, int], list[FloatLinear]] = {}
     for fl in fls:
-        by_key.setdefault((fl.x, fl.N), []).append(fl)
-    used: set[str] = set()
-    pairs = []
+        by_key.setdefault((fl.x, fl.K, fl.N), []).append(fl)
+    by_name = []
     for q in qnodes:
-        cands = [fl for fl in by_key.get((q.x, q.N), []) if fl.node not in used and fl.K == q.K]
-        fl = cands[0] if cands else None
-        if fl is not None:
-            used.add(fl.node)
-        pairs.append(Pair(q, fl))
-    if pairs and all(p.fp is None for p in pairs):  # names differ: graph order
-        rest = list(fls)
-        for p in pairs:
-            for j, fl in enumerate(rest):
-                if (fl.K, fl.N) == (p.q.K, p.q.N):
-                    p.fp = fl
-                    rest = rest[j + 1:]
-                    break
-    return pairs
+        cands = by_key.get((q.x, q.K, q.N), [])
+        by_name.append(Pair(q, cands.pop(0) if cands else None))
+    by_order, rest = [], list(fls)
+    for q in qnodes:
+        j = next((j for j, fl in enumerate(rest) if (fl.K, fl.N) == (q.K, q.N)), None)
+        by_order.append(Pair(q, rest[j] if j is not None else None))
+        if j is not None:
+            rest = rest[j + 1:]
+
+    def matched(pairs: list[Pair]) -> int:
+        return sum(p.fp is not None for p in pairs)
+
+    return by_order if matched(by_order) > matched(by_name) else by_name
 
 
 def snr_db(signal: float, noise: float) -> float | None:
