@@ -40,8 +40,9 @@ Paths of `quant_matmul` (M = rows of x):
 - M <= MAX_FUSED_M: `qgemm_small`, one fused tensor-core kernel that streams the packed weights
   once (see gptq_cuda.cu). M = 1 stages x in shared memory (4 blocks per SM for 3/4 bits); other
   M read x from global memory. Act-order, fp32 or unaligned x first go through `prep_x` (one small
-  kernel: x in K' order, fp16). For M <= 8 and few output tiles, `qgemm_split` splits K over a
-  cluster of 2 or 4 blocks (`split_plan`), so that enough blocks stream weights at once.
+  kernel: x in K' order, fp16). `qgemm_split` (M <= 8, on request: `cs=2` or `4`) splits K over a
+  cluster of blocks; measured slower than `qgemm_small` on every benchmark shape of an H100, so
+  it is not used by default (see docs/gpu-results.md).
 - larger M (prefill): `dequant_tc` writes W^T in fp16 (K' order) to a scratch buffer, then cuBLAS.
 
 Launchers take CuPy arrays on the current device and run on the current CuPy stream; kernels are
@@ -204,7 +205,8 @@ def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8))
             names.append(dequant_kernel_name(b, gc))
             for mt in mts:
                 nt = _default_nt(b, mt, gc, None)
-                names.append(small_kernel_name(b, mt, nt, gc, False))
+                names += [small_kernel_name(b, mt, nt, gc, False), small_kernel_name(b, mt, nt, gc, False,
+                                                                                   _default_occ_global(b, mt, gc))]
                 if mt <= 2:
                     names += [small_kernel_name(b, mt, nt, gc, True, occ) for occ in {2, _default_occ(b, mt, gc)}]
     for b in (3, 4):  # tile and occupancy variants of the tests and benchmarks
@@ -324,6 +326,21 @@ def _default_occ(bits: int, mt: int, gstc: int) -> int:
     return 3 if mt == 1 and WORDS_PER_UNIT[bits] + 2 * ngu <= 10 else 2
 
 
+def _default_occ_global(bits: int, mt: int, gstc: int) -> int:
+    """Blocks per SM of the kernel reading x from global memory: 4 for M <= 8 where a prefetch slot
+    is at most 10 registers (2/3/4 bits, groups >= 64 or 128; measured fastest at M = 1 and 4 on an
+    H100: tools/bench_kernels.py --sweep), else 2."""
+    ngu = 8 // gstc if gstc < 8 else 1
+    return 4 if mt == 1 and WORDS_PER_UNIT[bits] + 2 * ngu <= 10 else 2
+
+
+def _stage_default(layer: GpuLinear, M: int) -> bool:
+    """Whether M rows stage x by default: only M = 1 with 3 bits on large matrices (>= 32768 units
+    of 128 x 16 weights; measured 9% faster on 8192 x 28672, slower on smaller shapes and 4 bits)."""
+    lay = layer.layout
+    return M <= STAGE_MAX_M and lay.bits == 3 and lay.nu * (lay.Np // 16) >= 32768
+
+
 def _mt_for(M: int) -> int:
     return 1 if M <= 8 else 2 if M <= 16 else 4 if M <= 32 else 8
 
@@ -360,32 +377,6 @@ def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None, nt: int 
         if nbytes <= XS_MAX_BYTES[o]:
             return o
     return 0
-
-
-_sm_counts: dict[int, int] = {}
-
-
-def sm_count() -> int:
-    """Multiprocessors of the current CuPy device."""
-    cp = _cupy()
-    dev = cp.cuda.runtime.getDevice()
-    if dev not in _sm_counts:
-        _sm_counts[dev] = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
-    return _sm_counts[dev]
-
-
-def split_plan(layer: GpuLinear, M: int, occ: int, sms: int | None = None) -> int:
-    """Blocks per cluster (1, 2 or 4) over which the fused kernel splits K for M <= 8 rows: more
-    blocks when the output tiles alone give fewer than about two waves of `occ` blocks per SM,
-    while each block keeps at least one unit (128 K' positions) per warp."""
-    if M > 8:
-        return 1
-    lay = layer.layout
-    tiles, per_wave = lay.Np // 16, occ * (sms or sm_count())
-    cs = 1
-    while cs < 4 and tiles * cs < 2 * per_wave and lay.nu >= 2 * cs * (THREADS // 32):
-        cs *= 2
-    return cs
 
 
 def x_in_place(layer: GpuLinear, x2) -> bool:
@@ -464,10 +455,9 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         if xs and not so:
             raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}")
         explicit = xs is not None
-        xs = bool(xs) if explicit else bool(so) and M <= STAGE_MAX_M
-        occ = so if xs else (occ or 2)
-        if cs is None:
-            cs = split_plan(layer, M, occ) if mt == 1 else 1
+        xs = bool(xs) if explicit else bool(so) and _stage_default(layer, M)
+        occ = so if xs else (occ or _default_occ_global(lay.bits, mt, lay.gstc))
+        cs = cs or 1
         xin, ldx, kx, x_f32, gather, smem = x2, K, K, int(x2.dtype == cp.float32), 0, 0
         if not x_in_place(layer, x2):
             if xs and explicit:  # the kernel's staging gathers / casts x itself

@@ -154,7 +154,7 @@ def test_kernel_source_ships_with_the_package():
         assert name in src
 
 
-def test_kernel_names_and_split_plan():
+def test_kernel_names_and_default_plan():
     assert kc.small_kernel_name(4, 1, 1, 8, True, 4) == "qgemm_small<4,1,1,8,1,4,0>"
     assert kc.small_kernel_name(3, 1, 1, 8, False, 2, 3, 4) == "qgemm_split<3,1,8,0,2,3,4>"
     assert kc._small_params("qgemm_split<3,1,8,0,2,3,4>") == dict(bits=3, nt=1, gstc=8, xs=0, occ=2, pd=3, cs=4,
@@ -162,15 +162,17 @@ def test_kernel_names_and_split_plan():
     with pytest.raises(ValueError):
         kc.small_kernel_name(4, 2, 1, 8, False, 2, 0, 2)
 
-    def layer(K, N):
-        lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, -(-K // 128))
+    def layer(bits, K, N):
+        lay = kc.plan_layout(np.arange(K) // 128, bits, K, N, -(-K // 128))
         return kc.GpuLinear(lay, None, None, None)
 
-    # Few output tiles: split K (but keep >= 1 unit per warp); many: no split; M > 8: never.
-    assert kc.split_plan(layer(4096, 4096), 1, 4, sms=132) > 1
-    assert kc.split_plan(layer(8192, 28672), 1, 4, sms=132) == 1
-    assert kc.split_plan(layer(1024, 64), 1, 4, sms=132) == 1
-    assert kc.split_plan(layer(4096, 4096), 9, 4, sms=132) == 1
+    # x staged by default only for M = 1, 3 bits, large matrices; 4 blocks per SM from global memory.
+    assert kc._stage_default(layer(3, 8192, 28672), 1)
+    assert not kc._stage_default(layer(3, 8192, 28672), 2)
+    assert not kc._stage_default(layer(4, 8192, 28672), 1)
+    assert not kc._stage_default(layer(3, 4096, 4096), 1)
+    assert kc._default_occ_global(4, 1, 8) == 4 and kc._default_occ_global(8, 1, 8) == 2
+    assert kc._default_occ_global(4, 2, 8) == 2
 
 
 # ------------------------------------------------------------------------------------------------
