@@ -28,7 +28,8 @@
 //       (deterministic results); bias + cast in the epilogue.
 //   qgemm_split<BITS, NT, GSTC, XS, OCC, PD, CS>  the same for M <= 8 with K split over a
 //       cluster of CS blocks (more blocks in flight for small N); partial tiles are added by
-//       rank 0 through distributed shared memory, in rank order.
+//       rank 0 through distributed shared memory, in rank order. Measured slower than
+//       qgemm_small on an H100 for every benchmark shape: on request only (docs/gpu-results.md).
 //   dequant_tc<BITS, GSTC>  W^T[N, K'] fp16 (K' order) for the prefill path (cuBLAS).
 //   prep_x  x -> fp16 in K' order (act-order gather, fp32 cast) when the fused kernel cannot stage it.
 //   repack_tc<BITS>, repack_sz  the CPU format -> tc layout, on the GPU.
