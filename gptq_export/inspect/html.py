@@ -167,7 +167,8 @@ def block_diagram(rep: dict, node_ops: list[tuple[str, str]]) -> str:
     layer is counted in the block of the last quantized layer before it.
     """
     rows = rep["layers"]
-    layer_of = {n: r for r in rows for n in r["nodes"]}
+    layer_of = {r["node"]: r for r in rows}  # the node computing the product places the layer
+    part_of_layer = {n for r in rows for n in r["nodes"]}  # its Gather / DequantizeLinear / bias Add
     blocks: list[dict] = []
     current = {"name": "(before the first quantized layer)", "layers": [], "ops": collections.Counter()}
     blocks.append(current)
@@ -180,7 +181,7 @@ def block_diagram(rep: dict, node_ops: list[tuple[str, str]]) -> str:
                 blocks.append(current)
             if r not in current["layers"]:
                 current["layers"].append(r)
-        else:
+        elif node not in part_of_layer:
             current["ops"][op] += 1
     blocks = [b for b in blocks if b["layers"] or b["ops"]]
     lo, hi = _log_axis([r["loss"] for r in rows])
