@@ -121,9 +121,20 @@ def calibration_inputs(loaded: LoadedModel, calib: CalibConfig, tokens: torch.Te
     return (tokens, torch.ones_like(tokens)) if loaded.kind is ModelKind.ENCODER else (tokens,)
 
 
-#: ONNX names of the KV-cache decoder's symbolic dims (onnxruntime-genai's names).
-KV_DIM_NAMES = {"batch": "batch_size", "seq": "sequence_length", "past": "past_sequence_length",
-                "past + seq": "total_sequence_length"}
+def _dim_names(model, kv: bool) -> dict[str, str]:
+    """Traced dim name -> ONNX I/O dim name: batch/seq, or onnxruntime-genai's names for a KV decoder."""
+    ins = model.graph.inputs
+
+    def name(value, axis: int) -> str:
+        return str(value.shape[axis])
+
+    if not kv:
+        return {name(ins[0], 0): "batch", name(ins[0], 1): "seq"}
+    total = "total_sequence_length"
+    names = {name(ins[0], 0): "batch_size", name(ins[0], 1): "sequence_length", name(ins[3], 2):
+             "past_sequence_length", name(ins[1], 1): total}
+    names.update({name(out, 2): total for out in model.graph.outputs[1:]})
+    return names
 
 
 def _resolve_kv(loaded: LoadedModel, output, kv_cache: bool | None) -> bool:
@@ -168,9 +179,7 @@ def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict, conf
         traced.output_names,
         metadata,
     )
-    if traced.kv is not None:
-        mask_dim = model.graph.inputs[1].shape[1]
-        rename_io_dims(model, {**KV_DIM_NAMES, str(mask_dim): "total_sequence_length"})
+    rename_io_dims(model, _dim_names(model, traced.kv is not None))
     if fmt is not None and fmt is not Format.GPTQ:
         from .passes.onnx_formats import convert_format
 

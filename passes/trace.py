@@ -93,13 +93,14 @@ class TracedModel:
     kind: ModelKind
     max_seq: int
     kv: KVLayout | None = None  # set for a decoder with a KV cache
+    auto_seq: bool = False  # the sequence dim was traced as Dim.AUTO (see trace_model)
 
     def example_inputs(self, batch: int = 2, seq: int = 8, vocab: int = 2) -> tuple:
         """Random inputs of the traced signature (token ids below `vocab`)."""
         return example_inputs(self.kind, batch, seq, vocab, self.kv)
 
     def dynamic_shapes(self) -> tuple:
-        return dynamic_shapes(self.kind, self.max_seq, self.kv)
+        return dynamic_shapes(self.kind, self.max_seq, self.kv, self.auto_seq)
 
 
 #: Past length of the example inputs used to trace a KV-cache decoder (not 0 or 1: torch.export
@@ -119,9 +120,13 @@ def example_inputs(kind: ModelKind, batch: int, seq: int, vocab: int, kv: KVLayo
     return (ids, torch.ones_like(ids)) if kind is ModelKind.ENCODER else (ids,)
 
 
-def dynamic_shapes(kind: ModelKind, max_seq: int, kv: KVLayout | None = None) -> tuple:
-    """Dynamic batch and sequence dims (and past / total lengths for a KV-cache decoder)."""
-    batch, seq = Dim("batch", min=1, max=4096), Dim("seq", min=1, max=max_seq)
+def dynamic_shapes(kind: ModelKind, max_seq: int, kv: KVLayout | None = None, auto_seq: bool = False) -> tuple:
+    """Dynamic batch and sequence dims (and past / total lengths for a KV-cache decoder).
+
+    auto_seq: let torch.export infer the sequence dim's range (Dim.AUTO) instead of [1, max_seq].
+    """
+    batch = Dim("batch", min=1, max=4096)
+    seq = Dim.AUTO if auto_seq else Dim("seq", min=1, max=max_seq)
     if kv is not None:
         past = Dim("past", min=0, max=max_seq)
         return ({0: batch, 1: seq}, {0: batch, 1: Dim.AUTO}, {0: batch, 1: seq},
@@ -165,11 +170,17 @@ def trace_model(loaded: LoadedModel, kv_cache: bool = False) -> TracedModel:
     wrapper, names, out_names = wrap_for_export(loaded, kv)
     max_seq = max(16, loaded.max_context or 4096)
     example = example_inputs(loaded.kind, 2, 8, loaded.vocab_size or 2, kv)
+    auto_seq = False
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ep = torch.export.export(wrapper, example, dynamic_shapes=dynamic_shapes(loaded.kind, max_seq, kv),
-                                     strict=False)
+        try:
+            ep = _export(wrapper, example, dynamic_shapes(loaded.kind, max_seq, kv))
+        except Exception as exc:
+            # Some torch/transformers pairs (torch 2.11 + transformers 5.17) derive a sequence range that
+            # contradicts [1, max_seq] ("Constraints violated"); let torch.export infer it instead.
+            if "Constraints violated" not in str(exc):
+                raise
+            auto_seq = True
+            ep = _export(wrapper, example, dynamic_shapes(loaded.kind, max_seq, kv, auto_seq=True))
     except Exception as exc:  # torch.export raises many types; report one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(
@@ -180,4 +191,10 @@ def trace_model(loaded: LoadedModel, kv_cache: bool = False) -> TracedModel:
     # Drop computations the output does not need (e.g. BERT's pooler when exporting hidden states).
     if gm.graph.eliminate_dead_code():
         gm.recompile()
-    return TracedModel(gm, names, out_names, loaded.kind, max_seq, kv)
+    return TracedModel(gm, names, out_names, loaded.kind, max_seq, kv, auto_seq)
+
+
+def _export(wrapper: nn.Module, example: tuple, shapes: tuple) -> torch.export.ExportedProgram:
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(wrapper, example, dynamic_shapes=shapes, strict=False)

@@ -20,6 +20,7 @@ import torch
 from conftest import save_tiny_model
 
 import gptq_export as gx
+from gptq_export.api import convert
 from gptq_export.decode import Decoder
 from gptq_export.quant_linear_module import swap_linears
 
@@ -146,4 +147,9 @@ def test_kv_cache_file_output_and_float_decoder(tiny_tokenizer, tmp_path):
     np.testing.assert_array_equal(gx.generate(fp, prompt, 12), want)
     reference = varied_model("llama", vocab)
     swap_linears(reference, result.packed)
-    np.testing.assert_array_equal(gx.generate(result.path, prompt, 12), torch_greedy(reference, prompt, 12))
+    want = torch_greedy(reference, prompt, 12)
+    np.testing.assert_array_equal(gx.generate(result.path, prompt, 12), want)
+    # convert() turns the gptq decoder into the stock formats with the same weights.
+    for fmt in ("ort", "qdq"):
+        other = convert(result.path, tmp_path / f"{fmt}.onnx", fmt, accuracy_level=0)
+        np.testing.assert_array_equal(gx.generate(other, prompt, 12), want)
