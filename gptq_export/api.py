@@ -20,7 +20,7 @@ from torch import fx
 from . import __version__
 from .config import DOMAIN, CalibConfig, Format, QuantConfig
 from .data import calibration_windows
-from .emit import build_onnx, check_output_path, rename_io_dims, save_model
+from .emit import OPSET, build_onnx, check_output_path, rename_io_dims, save_model
 from .errors import CalibrationError, ExportError, TraceError
 from .genai import check_folder_output, genai_config, is_folder_output, write_folder
 from .models import LoadedModel, ModelKind, load_model
@@ -163,7 +163,8 @@ def _check_output(output, fmt: Format | None = None) -> None:
     check_folder_output(output)
 
 
-def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict, config: QuantConfig | None = None) -> Path:
+def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict, config: QuantConfig | None = None,
+          opset: int = OPSET) -> Path:
     """Write the traced (rewritten) graph, converted to config's format when it is not gptq: a .onnx file,
     or an onnxruntime-genai folder when `output` is not a .onnx name."""
     fmt = config.resolved_format() if config is not None else None
@@ -178,6 +179,7 @@ def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict, conf
         traced.input_names,
         traced.output_names,
         metadata,
+        opset,
     )
     rename_io_dims(model, _dim_names(model, traced.kv is not None))
     if fmt is not None and fmt is not Format.GPTQ:
@@ -200,6 +202,7 @@ def export(
     tokenizer=None,
     calib_tokens: torch.Tensor | None = None,
     kv_cache: bool | None = None,
+    opset: int = OPSET,
     progress: ProgressFn | None = None,
     status: StatusFn | None = None,
 ) -> ExportResult:
@@ -209,6 +212,7 @@ def export(
     output: a .onnx file, or a folder (any other name): an onnxruntime-genai model folder.
     calib_tokens: optional [nsamples, seqlen] token ids instead of tokenizing `calib.text`.
     kv_cache: write the decoder with past/present key-values (causal LMs); None = only for a folder.
+    opset: ONNX opset of the file (default 23 needs onnxruntime >= 1.23; 21 for older runtimes).
     progress(report, i, n) is called after each layer; status(msg) at each stage.
     """
     config = config or QuantConfig()
@@ -260,7 +264,7 @@ def export(
         "layers": _layer_dicts(result.reports),
         "skipped": _skipped_dicts(plan.skipped),
     }
-    path = _emit(target, loaded, output, metadata, config)
+    path = _emit(target, loaded, output, metadata, config, opset)
     times["emit"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     return ExportResult(
@@ -300,14 +304,15 @@ def export_float(
     output: str | os.PathLike,
     *,
     kv_cache: bool | None = None,
+    opset: int = OPSET,
     status: StatusFn | None = None,
 ) -> Path:
-    """Export the unquantized model through the same trace/emit path (the FP baseline); `output` and
-    `kv_cache` as in `export`."""
+    """Export the unquantized model through the same trace/emit path (the FP baseline); `output`,
+    `kv_cache` and `opset` as in `export`."""
     _check_output(output)
     loaded = load_model(model, on_status=status)
     traced = trace_model(loaded, kv_cache=_resolve_kv(loaded, output, kv_cache))
-    return _emit(traced, loaded, output, {"version": __version__, "model": loaded.name, "config": None})
+    return _emit(traced, loaded, output, {"version": __version__, "model": loaded.name, "config": None}, None, opset)
 
 
 def convert(

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .config import ACCURACY_LEVELS, SUPPORTED_BITS, CalibConfig, Format, Method, QuantConfig
+from .emit import OPSET, SUPPORTED_OPSETS
 from .errors import GptqExportError
 
 _Q = {f.name: f.default for f in dataclasses.fields(QuantConfig)}
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .onnx file, or a folder (any name not ending in .onnx): an onnxruntime-genai model "
                         "folder with the KV-cache decoder, genai_config.json and the tokenizer "
                         "(default: <model>-<method>-w<bits>g<group>.onnx)")
+    p.add_argument("--opset", type=int, choices=SUPPORTED_OPSETS,
+                   help=f"ONNX opset (default {OPSET}: fused RMSNorm/rotary/attention nodes, onnxruntime >= 1.23; "
+                        "21 for older runtimes)")
     p.add_argument("--kv-cache", action=argparse.BooleanOptionalAction,
                    help="export the decoder with past/present key-values (causal LMs; default: only for a folder -o)")
     q = p.add_argument_group("quantization")
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
         from .api import export
 
-        result = export(args.model, config, output, calib, kv_cache=args.kv_cache, progress=progress, status=status)
+        result = export(args.model, config, output, calib, kv_cache=args.kv_cache, opset=args.opset or OPSET,
+                        progress=progress, status=status)
         if bar is not None:
             bar.close()
         if args.json:
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def inspect_main(argv: list[str] | None = None) -> int:
-    """gptq-inspect: summary of an exported file (fuller inspection is tracked separately)."""
+    """gptq-inspect: summary, per-layer table, --layer, --diff, --html/--png and --compare of an exported file."""
     from .inspect import main as _inspect
 
     return _inspect(argv)

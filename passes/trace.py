@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -22,14 +23,23 @@ ROOT = "model"
 
 
 class CausalLMForward(nn.Module):
-    """input_ids [batch, seq] -> logits [batch, seq, vocab] without a KV cache."""
+    """input_ids [batch, seq] -> logits [batch, seq, vocab] without a KV cache.
+
+    Position ids are passed as [batch, seq] (when the model takes them), so rotary cos/sin tables get
+    the batch dim; opset 23's RotaryEmbedding needs that, a [1, seq] table broadcast is refused.
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.takes_positions = "position_ids" in inspect.signature(model.forward).parameters
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, use_cache=False).logits
+        if not self.takes_positions:
+            return self.model(input_ids=input_ids, use_cache=False).logits
+        batch, seq = input_ids.shape
+        positions = torch.arange(seq, device=input_ids.device).unsqueeze(0).expand(batch, seq)
+        return self.model(input_ids=input_ids, position_ids=positions, use_cache=False).logits
 
 
 class CausalLMWithPast(nn.Module):

@@ -62,6 +62,7 @@ def test_genai_folder_greedy_tokens_equal_torch(genai_folder):
     QuantLinear == our onnxruntime loop == onnxruntime-genai."""
     import onnxruntime_genai as og
     import torch
+    from test_genai import genai_greedy
 
     from gptq_export.quant_linear_module import swap_linears
 
@@ -79,12 +80,4 @@ def test_genai_folder_greedy_tokens_equal_torch(genai_folder):
     assert len(want) >= 24, want  # a long enough continuation for the comparison to mean something
     np.testing.assert_array_equal(gx.generate(genai_folder.path, ids, 32, eos_token_id=eos)[0], want)
 
-    params = og.GeneratorParams(og_model)
-    params.set_search_options(max_length=ids.shape[1] + 32, do_sample=False)
-    gen = og.Generator(og_model, params)
-    gen.append_tokens(ids.astype(np.int32))
-    got = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        got.append(int(gen.get_next_tokens()[0]))
-    np.testing.assert_array_equal(np.array(got), want)
+    np.testing.assert_array_equal(genai_greedy(genai_folder.path, ids, 32, stop_at_eos=True)[0], want)

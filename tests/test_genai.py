@@ -54,12 +54,14 @@ def torch_greedy(model: torch.nn.Module, prompt: np.ndarray, n: int) -> np.ndarr
     return out[:, prompt.shape[1]:].numpy()
 
 
-def genai_greedy(folder, prompt: np.ndarray, n: int) -> np.ndarray:
+def genai_greedy(folder, prompt: np.ndarray, n: int, stop_at_eos: bool = False) -> np.ndarray:
+    """onnxruntime-genai's greedy tokens [1, n] (fewer when stop_at_eos and eos comes first)."""
     import onnxruntime_genai as og
 
     model = og.Model(str(folder))
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=prompt.shape[1] + n, min_length=prompt.shape[1] + n, do_sample=False)
+    length = prompt.shape[1] + n
+    params.set_search_options(max_length=length, min_length=0 if stop_at_eos else length, do_sample=False)
     gen = og.Generator(model, params)
     gen.append_tokens(prompt.astype(np.int32))
     out = []

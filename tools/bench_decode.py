@@ -6,8 +6,10 @@
 For each model, every file is the KV-cache decoder (`--kv-cache`): the FP32 export (export_float),
 one 4-bit g128 GPTQ export converted to `ort` at accuracy levels 0 and 4 (same weights), and a
 3-bit g128 GPTQ export in the `gptq` format (our custom op through gptq_export.runtime; the only
-format for 3-bit). lm_head stays in float in every file (the default skip list), unless
---quantize-lm-head. Each round runs, per file: one prefill of --prefill tokens (empty past) and
+format for 3-bit). lm_head stays in float in these files (the default skip list); for a model with
+an untied head, one more 4-bit export quantizes the head too (`ort` acc 4, row "4-bit lm_head");
+a tied head (the default model's) stays in float. --reuse keeps files already in --out-dir
+(same settings), so a rerun only measures. Each round runs, per file: one prefill of --prefill tokens (empty past) and
 --decode greedy steps of one token each (batch 1), through `gptq_export.decode.Decoder`; files are
 interleaved within each round, and the table shows medians over --runs rounds: prefill tokens/s,
 decode tokens/s (new tokens / decode time) and the decode speed-up over FP32. onnxruntime CPU,
@@ -38,14 +40,14 @@ FILES = [  # label, key
     ("FP32", "fp32"),
     ("ort 4-bit acc 0", "ort0"),
     ("ort 4-bit acc 4", "ort4"),
+    ("ort 4-bit acc 4, 4-bit lm_head", "ort4h"),  # only for a model with an untied head
     ("gptq 3-bit custom op", "gptq3"),
 ]
 
 
 def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, int]:
-    """The four KV-cache decoders of model `name`; returns files, parameter count, vocab."""
+    """The KV-cache decoders of model `name` (FILES); returns files, parameter count, vocab."""
     out.mkdir(parents=True, exist_ok=True)
-    skip = () if args.quantize_lm_head else gx.QuantConfig().skip
     t = time.perf_counter()
     if name == "default":
         from gptq_export.models import load_model
@@ -59,13 +61,21 @@ def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, 
         tokens = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
         calib = {"calib_tokens": tokens}
     files: dict[str, Path] = {}
-    w4 = gx.QuantConfig(bits=4, group_size=128, format="gptq", skip=skip)
-    w3 = gx.QuantConfig(bits=3, group_size=128, format="gptq", skip=skip)
-    files["gptq4"] = gx.export(source, w4, out / "gptq4.onnx", kv_cache=True, **calib).path
-    files["gptq3"] = gx.export(source, w3, out / "gptq3.onnx", kv_cache=True, **calib).path
-    files["fp32"] = gx.export_float(source, out / "fp32.onnx", kv_cache=True)
-    files["ort0"] = convert(files["gptq4"], out / "ort-acc0.onnx", "ort", accuracy_level=0)
-    files["ort4"] = convert(files["gptq4"], out / "ort-acc4.onnx", "ort", accuracy_level=4)
+
+    def make(key: str, build) -> None:
+        path = out / f"{key}.onnx"
+        files[key] = path if args.reuse and path.is_file() else build(path)
+
+    w4 = gx.QuantConfig(bits=4, group_size=128, format="gptq")
+    w3 = gx.QuantConfig(bits=3, group_size=128, format="gptq")
+    make("gptq4", lambda p: gx.export(source, w4, p, kv_cache=True, **calib).path)
+    make("gptq3", lambda p: gx.export(source, w3, p, kv_cache=True, **calib).path)
+    make("fp32", lambda p: gx.export_float(source, p, kv_cache=True))
+    make("ort0", lambda p: convert(files["gptq4"], p, "ort", accuracy_level=0))
+    make("ort4", lambda p: convert(files["gptq4"], p, "ort", accuracy_level=4))
+    if source is not None and not source.config.tie_word_embeddings:
+        w4h = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4, skip=())
+        make("ort4h", lambda p: gx.export(source, w4h, p, kv_cache=True, **calib).path)
     print(f"{name}: files written in {time.perf_counter() - t:.0f}s", file=log, flush=True)
     if model is None:
         from gptq_export.models import load_model
@@ -91,7 +101,7 @@ def one_round(dec: Decoder, prompt: np.ndarray, steps: int) -> tuple[float, floa
 def measure(files: dict[str, Path], vocab: int, args, log) -> dict[str, dict[str, float]]:
     """Median prefill and decode tokens/s per file, rounds interleaved across files."""
     prompt = np.random.default_rng(0).integers(0, vocab, (1, args.prefill))
-    decoders = {key: Decoder(files[key], intra_op_threads=THREADS) for _, key in FILES}
+    decoders = {key: Decoder(files[key], intra_op_threads=THREADS) for _, key in FILES if key in files}
     for dec in decoders.values():  # warm-up (and the gptq runtime's dequantization cache)
         one_round(dec, prompt, 2)
     times: dict[str, dict[str, list[float]]] = {key: {"prefill": [], "decode": []} for key in decoders}
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nsamples", type=int, default=8, help="calibration windows (speed does not depend on them)")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window")
     p.add_argument("--out-dir", default="out/bench-decode")
-    p.add_argument("--quantize-lm-head", action="store_true", help="quantize an untied lm_head too")
+    p.add_argument("--reuse", action="store_true", help="keep decoder files already in --out-dir")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.nsamples, args.seqlen, args.runs, args.prefill, args.decode = \
@@ -138,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         files, params, vocab = build_files(name, Path(args.out_dir) / name, args, log)
         med = measure(files, vocab, args, log)
         for label, key in FILES:
+            if key not in files:
+                continue
             rows.append({"model": name, "file": label, "bytes": file_bytes(files[key]), "params": params,
                          "prefill_tps": med[key]["prefill"], "decode_tps": med[key]["decode"],
                          "fp32_decode_tps": med["fp32"]["decode"]})

@@ -4,7 +4,9 @@
     python tools/bench_formats.py --quick        # tiny random Llama, well under a minute
 
 For each model: the FP32 ONNX (export_float), one 4-bit g128 GPTQ export in the `gptq` format, and
-the `ort` (accuracy levels 0 and 4) and `qdq` files converted from it (same weights). Every file is
+the `ort` (accuracy levels 0 and 4) and `qdq` files converted from it (same weights); lm_head stays
+in float (the default skip list), and for a model with an untied head one more 4-bit export
+quantizes it too (`ort` acc 4, row "4-bit lm_head"). --reuse keeps files already in --out-dir. Every file is
 loaded in onnxruntime (CPU, intra_op threads = 2; the gptq file through gptq_export.runtime, the
 others in plain onnxruntime; qdq with default session options, so onnxruntime fuses it into
 MatMulNBits at accuracy level 4). Measured side by side in one run, rounds interleaved across the
@@ -41,6 +43,7 @@ FORMATS = [  # label, file key, how it is run
     ("FP32", "fp32", "plain"),
     ("ort 4-bit acc 0", "ort0", "plain"),
     ("ort 4-bit acc 4", "ort4", "plain"),
+    ("ort 4-bit acc 4, 4-bit lm_head", "ort4h", "plain"),  # only for a model with an untied head
     ("qdq 4-bit", "qdq", "plain"),
     ("gptq custom op", "gptq", "custom"),
 ]
@@ -70,30 +73,36 @@ def file_bytes(path: Path) -> int:
 
 
 def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, int]:
-    """Export FP32 + gptq, convert to ort (acc 0, 4) and qdq; returns files, parameter count, vocab."""
+    """Export FP32 + gptq, convert to ort (acc 0, 4) and qdq (+ ort with a 4-bit head); files, params, vocab."""
     out.mkdir(parents=True, exist_ok=True)
-    skip = () if args.quantize_lm_head else gx.QuantConfig().skip
-    cfg = gx.QuantConfig(bits=4, group_size=128, format="gptq", skip=skip)
+    cfg = gx.QuantConfig(bits=4, group_size=128, format="gptq")
     files: dict[str, Path] = {}
+
+    def make(key: str, build) -> None:
+        path = out / f"{key}.onnx"
+        files[key] = path if args.reuse and path.is_file() else build(path)
+
     t = time.perf_counter()
     if name == "default":
         from gptq_export.models import load_model
 
         loaded = load_model(None)
-        model, vocab = loaded.model, loaded.vocab_size
-        calib = gx.CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen)
-        files["gptq"] = gx.export(None, cfg, out / "gptq.onnx", calib).path
-        files["fp32"] = gx.export_float(None, out / "fp32.onnx")
+        model, vocab, source = loaded.model, loaded.vocab_size, None
+        calib = {"calib": gx.CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen)}
     else:
-        model = random_llama(LLAMA_TINY if name == "llama-tiny" else LLAMA_RANDOM)
+        model = source = random_llama(LLAMA_TINY if name == "llama-tiny" else LLAMA_RANDOM)
         vocab = model.config.vocab_size
         tokens = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-        files["gptq"] = gx.export(model, cfg, out / "gptq.onnx", calib_tokens=tokens).path
-        files["fp32"] = gx.export_float(model, out / "fp32.onnx")
-    files["ort0"] = convert(files["gptq"], out / "ort-acc0.onnx", "ort", accuracy_level=0)
-    files["ort4"] = convert(files["gptq"], out / "ort-acc4.onnx", "ort", accuracy_level=4)
-    files["qdq"] = convert(files["gptq"], out / "qdq.onnx", "qdq")
-    print(f"{name}: files written in {time.perf_counter() - t:.0f}s", file=log, flush=True)
+        calib = {"calib_tokens": tokens}
+    make("gptq", lambda p: gx.export(source, cfg, p, **calib).path)
+    make("fp32", lambda p: gx.export_float(source, p))
+    make("ort0", lambda p: convert(files["gptq"], p, "ort", accuracy_level=0))
+    make("ort4", lambda p: convert(files["gptq"], p, "ort", accuracy_level=4))
+    make("qdq", lambda p: convert(files["gptq"], p, "qdq"))
+    if source is not None and not source.config.tie_word_embeddings:
+        head = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4, skip=())
+        make("ort4h", lambda p: gx.export(source, head, p, **calib).path)
+    print(f"{name}: files ready in {time.perf_counter() - t:.0f}s", file=log, flush=True)
     return files, param_count(model), vocab
 
 
@@ -113,7 +122,7 @@ def measure(files: dict[str, Path], vocab: int, runs: int, prefill: int) -> dict
     rng = np.random.default_rng(0)
     feeds = {"token": {"input_ids": rng.integers(0, vocab, (1, 1))},
              "prefill": {"input_ids": rng.integers(0, vocab, (1, prefill))}}
-    sessions = {key: open_session(files[key], how) for _, key, how in FORMATS}
+    sessions = {key: open_session(files[key], how) for _, key, how in FORMATS if key in files}
     for run in sessions.values():  # warm-up (and the gptq runtime's dequantization cache)
         for feed in feeds.values():
             run(feed)
@@ -150,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nsamples", type=int, default=8, help="calibration windows (latency does not depend on them)")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per calibration window")
     p.add_argument("--out-dir", default="out/bench")
-    p.add_argument("--quantize-lm-head", action="store_true",
-                   help="quantize lm_head too (an untied head; a tied one stays in float with a reason)")
+    p.add_argument("--reuse", action="store_true", help="keep files already in --out-dir")
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.nsamples, args.seqlen = ["llama-tiny"], 2, 32
@@ -163,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         files, params, vocab = build_files(name, Path(args.out_dir) / name, args, log)
         med = measure(files, vocab, args.runs, args.prefill)
         for label, key, _ in FORMATS:
+            if key not in files:
+                continue
             rows.append({"model": name, "format": label, "bytes": file_bytes(files[key]),
                          "token_ms": med[key]["token"], "prefill_ms": med[key]["prefill"],
                          "fp32_token_ms": med["fp32"]["token"]})
