@@ -1,0 +1,194 @@
+"""Fused dequantize + tensor-core GEMM for larger M (kernels/gptq_mma.cu, kernels/cuda_mma.py).
+
+GPU tests (gpu marker, skipped cleanly without CuPy / a CUDA device) compare against a float64
+NumPy reference built with kernels/reference.py, on fresh random data (seed in each failure
+message), outputs poisoned with NaN before every run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from gptq_export.kernels import cuda as kc
+from gptq_export.kernels import cuda_mma as km
+from gptq_export.kernels.reference import default_g_idx, pack_codes, pack_zeros, quant_matmul
+
+BITS = (2, 3, 4, 8)
+TOL = 2e-3  # ||out - ref|| / ||ref||: fp16 activations, fp16 weights (as dequant + cuBLAS), fp32 sums
+# (K, N, group, act_order): K' not a multiple of the 128-position unit (partial last group), N not
+# a multiple of any block tile, act-order (x gathered by prep_x), groups of 32 / 16 / 48 (padded to
+# 64) / 256 (2 units per group), per channel with K % 8 != 0 (x gathered: not readable in place).
+CASES = [
+    (576, 200, 128, False),
+    (1000, 77, 128, True),
+    (4160, 300, 128, False),
+    (96, 70, 32, False),
+    (1024, 64, 16, True),
+    (200, 40, 48, True),
+    (1100, 90, 256, False),
+    (100, 33, -1, False),
+]
+MS = (17, 33, 64, 100, 512)
+
+
+def fresh_seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def random_layer(rng, bits, K, N, group, act_order):
+    codes = rng.integers(0, 1 << bits, (K, N))
+    g_idx = default_g_idx(K, group)
+    if act_order:
+        g_idx = rng.permutation(g_idx).astype(np.int32)
+    G = int(g_idx.max()) + 1
+    scales = rng.uniform(0.002, 0.05, (G, N)).astype(np.float32)
+    zeros = rng.integers(0, 1 << bits, (G, N))
+    return pack_codes(codes, bits), scales, pack_zeros(zeros, bits), g_idx.astype(np.int32)
+
+
+def rel_err(out, ref) -> float:
+    return float(np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU
+
+
+def test_mma_source_and_names():
+    src = kc.source()
+    assert "qgemm_mma" in src and "mma_reduce" in src
+    t = km.TILES["256x64"]
+    assert (t.bn, t.bm, t.threads) == (256, 64, 256)
+    assert km.kernel_name(4, 8, t) == "qgemm_mma<4,8,4,4,4,2,4>"
+    assert km.TILES["128x128"].bn == 128 and km.TILES["128x128"].bm == 128
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("gstc", (1, 2, 4, 8))
+def test_every_tile_fits_shared_memory(bits, gstc):
+    for tile in km.TILES.values():
+        st = km.stages_for(bits, gstc, tile)
+        assert 2 <= st <= km.MAX_STAGES
+        assert km.smem_bytes(bits, gstc, tile) <= km.SMEM_LIMIT
+        # every part of a stage is a whole number of 16-byte cp.async chunks
+        assert km.stage_bytes(bits, gstc, tile) % 16 == 0
+
+
+def test_auto_dispatch_of_larger_m():
+    def layer(bits):
+        lay = kc.plan_layout(np.arange(4096) // 128, bits, 4096, 4096, 32)
+        return kc.GpuLinear(lay, None, None, None)
+
+    for bits in (3, 4):
+        assert kc.auto_path(layer(bits), 16) == "fused"
+        assert kc.auto_path(layer(bits), kc.MMA_MIN_M) == "mma"
+        assert kc.auto_path(layer(bits), kc.MMA_MAX_M) == "mma"
+        assert kc.auto_path(layer(bits), kc.MMA_MAX_M + 1) == "dequant"
+    for bits in (2, 8):
+        assert kc.auto_path(layer(bits), 17) == "fused"
+        assert kc.auto_path(layer(bits), 64) == "dequant"
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU
+
+
+@pytest.fixture(scope="module")
+def cp():
+    cupy = pytest.importorskip("cupy")
+    reason = kc.cuda_available()
+    if reason:
+        pytest.skip(reason)
+    return cupy
+
+
+def _run(cp, gl, x, bias, **kw):
+    out = cp.full((*x.shape[:-1], gl.layout.N), np.nan, dtype=x.dtype)
+    res = kc.quant_matmul(x, gl, bias, out, **kw)
+    assert res is out
+    got = cp.asnumpy(out)
+    assert np.isfinite(got).all(), "unwritten (NaN) outputs"
+    return got
+
+
+def _plans(bits, M):
+    """(tile, split) pairs to run: every tile for 3/4 bits, two for 2/8 bits; split 1 and 3."""
+    labels = list(km.TILES) if bits in (3, 4) else ["256x64", "128x128"]
+    return [(lb, s) for lb in labels for s in (1, 3)] + [(None, None)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("M", MS)
+def test_gpu_mma_matches_float64_reference(cp, bits, case, M):
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N, group, act = case
+    layer = random_layer(rng, bits, K, N, group, act)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    x = rng.standard_normal((M, K)).astype(np.float16)
+    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
+    ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
+    xd = cp.asarray(x)
+    bd = cp.asarray(bias) if bias is not None else None
+    for tile, split in _plans(bits, M):
+        got = _run(cp, gl, xd, bd, path="mma", tile=tile, split=split)
+        assert got.dtype == np.float16 and got.shape == (M, N)
+        assert rel_err(got, ref) <= TOL, f"tile {tile} split {split} seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6]])
+def test_gpu_mma_fp32_and_misaligned_x(cp, bits, case):
+    """fp32 x / output and x at a 2-byte offset (both through prep_x), leading dims flattened."""
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N, group, act = case
+    layer = random_layer(rng, bits, K, N, group, act)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    bias = rng.standard_normal(N).astype(np.float32)
+    for dtype in ("float32", "float16"):
+        buf = cp.asarray(rng.standard_normal(2 * 40 * K + 1).astype(dtype))
+        x = buf[1:].reshape(2, 40, K)
+        ref = quant_matmul(cp.asnumpy(x).astype(np.float64), *layer, bias, bits, K, N)
+        for split in (1, 2):
+            got = _run(cp, gl, x, cp.asarray(bias), path="mma", tile="128x64", split=split)
+            assert got.dtype == np.dtype(dtype) and got.shape == (2, 40, N)
+            assert rel_err(got, ref) <= TOL, f"{dtype} split {split} seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+def test_gpu_mma_equals_dequant_path_and_is_deterministic(cp, bits):
+    """The same fp16 weights as dequantize + cuBLAS (so near-equal outputs); repeated runs with a
+    split K' (fixed-order reduction) are bit-identical."""
+    rng = np.random.default_rng()
+    K, N = 2048, 384
+    layer = random_layer(rng, bits, K, N, 128, True)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    x = cp.asarray(rng.standard_normal((300, K)).astype(np.float16))
+    a = cp.asnumpy(kc.quant_matmul(x, gl, path="dequant")).astype(np.float64)
+    for tile in km.TILES:
+        first = cp.asnumpy(kc.quant_matmul(x, gl, path="mma", tile=tile, split=4))
+        assert rel_err(first, a) < 1e-3
+        for _ in range(2):
+            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, path="mma", tile=tile, split=4)), first)
+
+
+@pytest.mark.gpu
+def test_gpu_mma_rejects_bad_arguments(cp):
+    rng = np.random.default_rng()
+    layer = random_layer(rng, 4, 256, 64, 128, False)
+    gl = kc.GpuLinear.from_packed(*layer, 4, 256, 64)
+    x = cp.zeros((40, 256), cp.float16)
+    with pytest.raises(ValueError, match="split"):
+        kc.quant_matmul(x, gl, path="mma", tile="256x64", split=0 - 1)
+    with pytest.raises(ValueError, match="ws"):
+        kc.quant_matmul(x, gl, path="mma", tile="256x64", split=2, ws=cp.zeros(10, cp.float32))
+    with pytest.raises(ValueError, match="x must be"):
+        km.run(x[:, 1:], 255, gl, None, cp.zeros((40, 64), cp.float16), km.TILES["256x64"], 1)
