@@ -37,13 +37,17 @@ make ``half2(1024 + q_lo, 1024 + q_hi)``:
 
 Paths of `quant_matmul` (M = rows of x):
 
-- M <= MAX_FUSED_M: `qgemm_small`, one fused tensor-core kernel that streams the packed weights
+- M <= MAX_FUSED_M (M < MMA_MIN_M for bits in MMA_BITS): `qgemm_small`, one fused tensor-core kernel that streams the packed weights
   once (see gptq_cuda.cu). M = 1 stages x in shared memory (4 blocks per SM for 3/4 bits); other
   M read x from global memory. Act-order, fp32 or unaligned x first go through `prep_x` (one small
   kernel: x in K' order, fp16). `qgemm_split` (M <= 8, on request: `cs=2` or `4`) splits K over a
   cluster of blocks; measured slower than `qgemm_small` on every benchmark shape of an H100, so
   it is not used by default (see docs/gpu-results.md).
-- larger M (prefill): `dequant_tc` writes W^T in fp16 (K' order) to a scratch buffer, then cuBLAS.
+- MMA_MIN_M <= M <= MMA_MAX_M, bits in MMA_BITS: `qgemm_mma` (kernels/gptq_mma.cu, launcher
+  kernels/cuda_mma.py), a fused dequantize + mma.sync GEMM with a cp.async pipeline over the same
+  tc layout (x in K' order: prep_x first when needed).
+- larger M (prefill), other bits, or path="dequant": `dequant_tc` writes W^T in fp16 (K' order) to a scratch
+  buffer, then cuBLAS.
 
 Launchers take CuPy arrays on the current device and run on the current CuPy stream; kernels are
 compiled once per process and device through `cupy.RawModule` (and cached on disk by CuPy).
@@ -78,7 +82,17 @@ from .cuda_layout import (  # noqa: F401  (re-exported: the launchers' public la
 )
 from .reference import packed_rows, unpack_codes, unpack_zeros  # noqa: F401
 
-SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu")  # compiled as one, in this order
+SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as one, in this order
+#: `quant_matmul(path="auto")` runs the fused tensor-core GEMM (`qgemm_mma`, kernels/cuda_mma.py) for
+#: MMA_MIN_M <= M <= MMA_MAX_M with these bits; below, the small-M kernel; above (or other bits past
+#: MAX_FUSED_M), dequantize + cuBLAS. Measured on an H100 (docs/gpu-results.md), 4 and 3 bits:
+#: qgemm_mma is 1.4-2.2x faster than the small-M kernel at M = 32 (slower at 16), 2.2-3.0x faster
+#: than dequantize + cuBLAS at M = 64, 1.0-1.5x at 128, and slower from M = 256 (mma.sync reaches
+#: ~240 TFLOP/s; cuBLAS uses wgmma). Bits 2 and 8 are tested on qgemm_mma (path="mma") but not
+#: benchmarked: they keep the earlier paths.
+MMA_BITS = (3, 4)
+MMA_MIN_M = 17
+MMA_MAX_M = 128
 _OPTIONS = ("-std=c++17",)
 
 
@@ -413,16 +427,24 @@ def gather_x(layer: GpuLinear, x2, out=None):
     return out
 
 
+def auto_path(layer: GpuLinear, M: int) -> str:
+    """Path of `quant_matmul(path="auto")` for M rows: "fused", "mma" or "dequant" (see MMA_BITS)."""
+    if layer.layout.bits in MMA_BITS and MMA_MIN_M <= M <= MMA_MAX_M:
+        return "mma"
+    return "fused" if M <= MAX_FUSED_M else "dequant"
+
+
 def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto", mt: int | None = None,
                  nt: int | None = None, xs: bool | None = None, occ: int | None = None, cs: int | None = None,
-                 pd: int = 0, xbuf=None):
+                 pd: int = 0, xbuf=None, tile=None, split: int | None = None, ws=None):
     """y[..., N] = x[..., K] @ W + bias on the current device and CuPy stream.
 
     x: CuPy float16 or float32 [..., K] (copied if not C-contiguous); y has x's dtype.
     bias: CuPy float32 [N] or None. out: optional C-contiguous CuPy array [..., N] of x's dtype.
     path: "fused" (tensor-core kernel reading the packed weights once; any M, in grid rows of
-    8*MT), "dequant" (fp16 W^T into a scratch buffer, then cuBLAS), or "auto" (fused for
-    M <= MAX_FUSED_M). mt / nt / xs / occ / cs / pd override the fused kernel's tile, x staging,
+    8*MT), "mma" (fused dequantize + tensor-core GEMM for larger M; tile / split / ws: see
+    kernels.cuda_mma.mma_matmul), "dequant" (fp16 W^T into a scratch buffer, then cuBLAS), or
+    "auto" (`auto_path`; "fused" when any of mt / nt / xs / occ / cs is given). mt / nt / xs / occ / cs / pd override the fused kernel's tile, x staging,
     blocks per SM, blocks per split-K cluster (MT = 1) and units in flight per warp (0: default)
     (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
     `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
@@ -445,8 +467,15 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         raise ValueError(f"out must be a C-contiguous CuPy {x.dtype} array of shape {(*lead, N)}")
     if M == 0:
         return out
-    if path == "auto":
-        path = "fused" if M <= MAX_FUSED_M else "dequant"
+    if path == "auto":  # options of the small-M kernel given: that kernel
+        fused_opts = any(v is not None for v in (mt, nt, xs, occ, cs))
+        path = "fused" if fused_opts else auto_path(layer, M)
+    if path == "mma":
+        from . import cuda_mma
+
+        xk = x2 if x_in_place(layer, x2) else gather_x(layer, x2, xbuf)
+        cuda_mma.mma_matmul(xk, layer, bias, out, tile=tile, split=split, ws=ws)
+        return out
     if path == "fused":
         mt, nt = fused_config(layer, M, mt, nt)
         if cs not in (None, 1, 2, 4) or (cs and cs > 1 and mt != 1):
@@ -478,7 +507,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         )
         return out
     if path != "dequant":
-        raise ValueError(f"path must be 'auto', 'fused' or 'dequant', got {path!r}")
+        raise ValueError(f"path must be 'auto', 'fused', 'mma' or 'dequant', got {path!r}")
     wt = dequantize(layer)
     if x_in_place(layer, x2):
         y = cp.matmul(x2, wt[:, :K].T)

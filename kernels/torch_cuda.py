@@ -92,8 +92,8 @@ def gpu_linear(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor
 def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
     """y[..., N] = x[..., K] @ W + bias for a CUDA tensor x (fp16, fp32; bf16 through fp16).
 
-    bias: CUDA float32 [N] or None. path: "auto", "fused" or "dequant" (see kernels.cuda).
-    The prefill path ("dequant", auto for M > kernels.cuda.MAX_FUSED_M) writes W^T in fp16 (K'
+    bias: CUDA float32 [N] or None. path: "auto", "fused", "mma" or "dequant" (see kernels.cuda).
+    The prefill path ("dequant", auto for large M: kernels.cuda.auto_path) writes W^T in fp16 (K'
     order) to a scratch tensor and multiplies with PyTorch (cuBLAS).
     """
     lay = layer.layout
@@ -109,7 +109,7 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
     if M == 0:
         return x.new_empty((*x.shape[:-1], N))
     if path == "auto":
-        path = "fused" if M <= kc.MAX_FUSED_M else "dequant"
+        path = kc.auto_path(layer, M)
     with _On(x.device):
         xc2 = to_cupy(x2)
         if path == "dequant":
@@ -125,11 +125,20 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
                 y = y.float().add_(bias) if out_dtype == torch.float32 else y.add_(bias.to(y.dtype))
         else:
             y = torch.empty((M, N), dtype=x2.dtype, device=x.device)
-            xbuf = None
+            xbuf = ws = None
             if kc.prep_x_needed(layer, xc2):
                 xbuf = to_cupy(torch.empty((M, lay.Kp), dtype=torch.float16, device=x.device))
-            kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path="fused",
-                            xbuf=xbuf)
+            tile = split = None
+            if path == "mma":  # buffers from PyTorch's allocator (CUDA graphs)
+                from . import cuda_mma
+
+                tile, split = cuda_mma.default_plan(layer, M)
+                if split > 1:
+                    ws = to_cupy(torch.empty(split * M * N, dtype=torch.float32, device=x.device))
+            elif path != "fused":
+                raise ValueError(f"path must be 'auto', 'fused', 'mma' or 'dequant', got {path!r}")
+            kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path=path,
+                            xbuf=xbuf, tile=tile, split=split, ws=ws)
     return y.to(out_dtype).reshape(*x.shape[:-1], N)
 
 

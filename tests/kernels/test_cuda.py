@@ -229,7 +229,7 @@ def test_gpu_matmul_matches_float64_reference(cp, bits, case, M):
     x = rng.standard_normal((M, K)).astype(np.float16)
     bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
     ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
-    for path in ("auto", "fused") if M > kc.MAX_FUSED_M else ("auto",):
+    for path in ("auto", "fused") if kc.auto_path(gl, M) != "fused" else ("auto",):
         got = _run(cp, gl, cp.asarray(x), cp.asarray(bias) if bias is not None else None, path=path)
         assert got.dtype == np.float16 and got.shape == (M, N)
         assert rel_err(got, ref) <= TOL, f"{path} seed {seed}"
