@@ -3,13 +3,17 @@
     python tools/bench_kernels.py            # all shapes and M; table last, $OUT/bench.json
     python tools/bench_kernels.py --quick    # two shapes, M in {1, 16, 512}
     python tools/bench_kernels.py --sweep    # M = 1 and 4: every split-K / occupancy variant first
+    python tools/bench_kernels.py --mma-sweep  # M = 64 and 512: every qgemm_mma tile x split first
 
 Measures the device-to-device copy bandwidth first (bytes read + written), then for each weight
 shape K x N and batch M: y = x @ W with
   fp16   torch.nn.functional.linear on an fp16 weight (cuBLAS);
   int4   torch.ops.aten._weight_int4pack_mm (PyTorch's tinygemm, group 128, bf16), where available;
   w4/w3  ours (gptq_export.kernels, torch front end), group 128, without and with act-order
-         (random g_idx permutation: activations gathered through perm inside the kernel).
+         (random g_idx permutation: activations gathered through perm inside the kernel);
+         for M >= 16 also each large-M path: "mma" (fused dequantize + tensor-core GEMM,
+         kernels/gptq_mma.cu), "dq" (dequantize to fp16 + cuBLAS, the old prefill path) and
+         "gemv" (the small-M fused kernel).
 Times are medians of CUDA-event timings over batches of back-to-back calls queued behind a GPU
 sleep (so host launch overhead is not timed), rotating among enough weight/activation copies that
 the working set exceeds 3x the L2 cache. GB/s counts packed weights + scales/zeros + x + y.
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096), (8192, 8192), (8192, 28672)]
-MS = [1, 4, 16, 64, 512]
+MS = [1, 4, 16, 32, 64, 128, 512]
 GROUP = 128
 
 
@@ -162,7 +166,7 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
     row = {"K": K, "N": N, "M": M}
     t = timer.per_call_ms(lambda i: F.linear(xs[i % nx], w16[i % len(w16)]), max(len(w16), nx))
     row["fp16_us"], row["fp16_GBps"] = t * 1e3, (2 * N * K + xy_bytes) / t / 1e6
-    if int4_w is not None:
+    if int4_w is not None and M <= 16:
         xb = [x.to(torch.bfloat16) for x in xs]
         mm = torch.ops.aten._weight_int4pack_mm
         t = timer.per_call_ms(lambda i: mm(xb[i % nx], int4_w[i % len(int4_w)], GROUP, int4_sz[i % len(int4_sz)]),
@@ -175,14 +179,16 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
 
     for name, layers in variants.items():
         nb = layers[0].read_bytes + xy_bytes
-        for path in ["auto"] + (["fused", "dequant"] if M >= 64 else []):
+        extra = (["mma", "dequant"] + (["fused"] if M <= 64 else [])) if M >= 16 and not name.endswith("a") else []
+        for path in ["auto"] + extra:
             t = timer.per_call_ms(lambda i, layers=layers, path=path: run(i, layers, path), max(len(layers), nx))
             key = name if path == "auto" else f"{name}_{path}"
             row[f"{key}_us"], row[f"{key}_GBps"] = t * 1e3, nb / t / 1e6
-        if M in (4, 16, 64):  # sanity: the fused kernel and dequantize + cuBLAS agree
-            a = run(0, layers, "fused").float()
+        if M in (4, 16, 64, 512):  # sanity: the fused kernels and dequantize + cuBLAS agree
             b = run(0, layers, "dequant").float()
-            row[f"{name}_fused_vs_dequant"] = float((a - b).norm() / b.norm())
+            for p in ("fused", "mma") if M <= 64 else ("mma",):
+                a = run(0, layers, p).float()
+                row[f"{name}_{p}_vs_dequant"] = float((a - b).norm() / b.norm())
     return row
 
 
@@ -252,6 +258,64 @@ def sweep(shapes, timer, device, gen, l2) -> list[dict]:
     return rows
 
 
+def mma_sweep(shapes, ms, timer, device, gen, l2) -> list[dict]:
+    """Every qgemm_mma tile x split (kernels.cuda_mma.TILES) for 4 and 3 bits at each M, with the
+    default plan's time; checked against dequantize + cuBLAS."""
+    from gptq_export.kernels import cuda as kc
+    from gptq_export.kernels import cuda_mma as km
+    from gptq_export.kernels import torch_cuda as tc
+
+    t0 = time.time()
+    kc.precompile(km.kernel_names(bits=(4, 3), gstcs=(8,)))
+    print(f"mma sweep: kernels compiled in {time.time() - t0:.1f}s", flush=True)
+    rows = []
+    for K, N in shapes:
+        for bits in (4, 3):
+            first = tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
+            layers = [first] + [tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
+                                for _ in range(n_copies(first.read_bytes, l2) - 1)]
+            nl = len(layers)
+            for M in ms:
+                xs = [torch.randn(M, K, device=device, dtype=torch.float16, generator=gen) for _ in range(nl)]
+                ys = [torch.empty(M, N, device=device, dtype=torch.float16) for _ in range(nl)]
+                wsb = torch.empty(8 * M * N, device=device, dtype=torch.float32)
+
+                def call(i, tile=None, split=None, xs=xs, ys=ys, wsb=wsb, layers=layers, nl=nl):
+                    with tc._On(device):
+                        kc.quant_matmul(tc.to_cupy(xs[i % nl]), layers[i % nl], None, tc.to_cupy(ys[i % nl]),
+                                        path="mma", tile=tile, split=split, ws=tc.to_cupy(wsb))
+                    return ys[i % nl]
+
+                ref = tc.linear(xs[0], layers[0], path="dequant").float()
+                dt, ds = km.default_plan(layers[0], M)
+                row = {"K": K, "N": N, "bits": bits, "M": M, "default": f"{dt.label}/{ds}",
+                       "default_us": timer.per_call_ms(call, nl, reps=5) * 1e3, "variants": {}}
+                err = 0.0
+                for label in km.TILES:
+                    for split in (1, 2, 4, 8):
+                        if split > max(1, layers[0].layout.nu // 2):
+                            continue
+                        e = float((call(0, label, split).float() - ref).norm() / ref.norm())
+                        err = max(err, e)
+                        t = timer.per_call_ms(lambda i, lb=label, sp=split: call(i, lb, sp), nl, reps=5) * 1e3
+                        row["variants"][f"{label}/{split}"] = round(t, 2)
+                best = min(row["variants"].items(), key=lambda kv: kv[1])
+                row["best"], row["best_us"], row["max_err"] = best[0], best[1], err
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            del layers
+            torch.cuda.empty_cache()
+    labels = sorted({k for r in rows for k in r["variants"]}, key=lambda s: (s.split("/")[0], int(s.split("/")[1])))
+    print("\nmma sweep (us; tile = outputs x tokens per block / split of K')")
+    print(f"{'K x N':>12} {'b':>2} {'M':>4} {'default':>13} {'us':>7} {'best':>13} " + " ".join(f"{lb:>11}" for lb in labels)
+          + "  maxerr")
+    for r in rows:
+        cells = " ".join(f"{r['variants'][lb]:>11.1f}" if lb in r["variants"] else f"{'':>11}" for lb in labels)
+        print(f"{r['K']:>5} x {r['N']:<5} {r['bits']:>2} {r['M']:>4} {r['default']:>13} {r['default_us']:>7.1f} "
+              f"{r['best']:>13} {cells}  {r['max_err']:.1e}")
+    return rows
+
+
 def run_one(spec: str) -> None:
     from gptq_export.kernels import torch_cuda as tc
 
@@ -281,6 +345,8 @@ def main() -> None:
     ap.add_argument("--one", help="KxN:M:variant (w4, w4a, w3, w3a, fp16): run it 20 times, for a profiler")
     ap.add_argument("--sweep", action="store_true", help="time the M <= 8 kernel variants first")
     ap.add_argument("--sweep-only", action="store_true")
+    ap.add_argument("--mma-sweep", action="store_true", help="time every qgemm_mma tile x split first (M 64, 512)")
+    ap.add_argument("--mma-sweep-only", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels needs a CUDA GPU")
@@ -306,6 +372,10 @@ def main() -> None:
     if args.sweep or args.sweep_only:
         results["sweep"] = sweep(shapes, timer, device, gen, l2)
         if args.sweep_only:
+            shapes = []
+    if args.mma_sweep or args.mma_sweep_only:
+        results["mma_sweep"] = mma_sweep(shapes, [m for m in ms if m >= 64] or [64, 512], timer, device, gen, l2)
+        if args.mma_sweep_only:
             shapes = []
 
     for K, N in shapes:
@@ -336,6 +406,18 @@ def main() -> None:
         print(f"{r['K']:>5} x {r['N']:<5} {r['M']:>4} {us('fp16_us'):>8} {us('int4_us'):>8} {us('w4_us'):>8} "
               f"{us('w4a_us'):>8} {us('w3_us'):>8} {us('w3a_us'):>8} {r['w4_GBps']:>7.0f} {w4cp:>5.0f}% {w3cp:>5.0f}% "
               f"{r['fp16_us'] / r['w4_us']:>7.2f} {r['fp16_us'] / r['w3_us']:>7.2f} {vs_int4:>7}")
+    big = [r for r in results["rows"] if "w4_mma_us" in r]
+    if big:
+        print("\nLarger-M paths (us, median): mma = fused dequantize + tensor-core GEMM (qgemm_mma), dq = "
+              "dequantize + cuBLAS (old prefill path), gemv = small-M fused kernel; /fp16 = our time / fp16 time")
+        print(f"{'K x N':>12} {'M':>4} {'fp16':>8} {'w4 auto':>8} {'w4 mma':>8} {'w4 dq':>8} {'w4 gemv':>8} "
+              f"{'w3 mma':>8} {'w3 dq':>8} {'mma/fp16':>8} {'dq/fp16':>8} {'w3mma/fp16':>10} {'mma err':>8}")
+        for r in big:
+            f = r["fp16_us"]
+            print(f"{r['K']:>5} x {r['N']:<5} {r['M']:>4} {f:>8.1f} {r['w4_us']:>8.1f} {r['w4_mma_us']:>8.1f} "
+                  f"{r['w4_dequant_us']:>8.1f} {r.get('w4_fused_us', float('nan')):>8.1f} {r['w3_mma_us']:>8.1f} {r['w3_dequant_us']:>8.1f} "
+                  f"{r['w4_mma_us'] / f:>8.2f} {r['w4_dequant_us'] / f:>8.2f} {r['w3_mma_us'] / f:>10.2f} "
+                  + (f"{r['w4_mma_vs_dequant']:>8.1e}" if "w4_mma_vs_dequant" in r else f"{'-':>8}"))
 
 
 if __name__ == "__main__":
