@@ -86,10 +86,10 @@ SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as 
 #: `quant_matmul(path="auto")` runs the fused tensor-core GEMM (`qgemm_mma`, kernels/cuda_mma.py) for
 #: MMA_MIN_M <= M <= MMA_MAX_M with these bits; below, the small-M kernel; above (or other bits past
 #: MAX_FUSED_M), dequantize + cuBLAS. Measured on an H100 (docs/gpu-results.md), 4 and 3 bits:
-#: qgemm_mma is 1.4-2.2x faster than the small-M kernel at M = 32 (slower at 16), 2.2-3.0x faster
-#: than dequantize + cuBLAS at M = 64, 1.0-1.5x at 128, and slower from M = 256 (mma.sync reaches
-#: ~240 TFLOP/s; cuBLAS uses wgmma). Bits 2 and 8 are tested on qgemm_mma (path="mma") but not
-#: benchmarked: they keep the earlier paths.
+#: qgemm_mma is 1.35-2.2x faster than the small-M kernel at M = 32 (2x slower at 16), 1.24-3.0x
+#: faster than dequantize + cuBLAS at M = 64, 0.96-1.56x at 128 (4096 x 4096 4% slower), and slower
+#: from M = 256 (250-315 TFLOP/s at M = 512 with mma.sync; cuBLAS uses wgmma). Bits 2 and 8 are
+#: tested on qgemm_mma (path="mma") but not benchmarked: they keep the earlier paths.
 MMA_BITS = (3, 4)
 MMA_MIN_M = 17
 MMA_MAX_M = 128
