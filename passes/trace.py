@@ -151,6 +151,10 @@ def kv_layout(model: nn.Module) -> KVLayout:
     layers = getattr(out.past_key_values, "layers", None)
     if not layers:
         raise TraceError(f"{type(model).__name__} returned no KV cache; export it without --kv-cache")
+    kinds = sorted({type(layer).__name__ for layer in layers} - {"DynamicLayer"})
+    if kinds:
+        raise TraceError(f"{type(model).__name__} uses {', '.join(kinds)} cache layers (sliding window or hybrid); "
+                         "only full DynamicCache layers are supported: export it without --kv-cache")
     shapes = {tuple(layer.keys.shape[1::2]) for layer in layers} | {tuple(layer.values.shape[1::2]) for layer in layers}
     if len(shapes) != 1:
         raise TraceError(f"{type(model).__name__} has KV caches of different shapes {sorted(shapes)}; "

@@ -50,3 +50,15 @@ def test_other_trace_errors_are_one_line_trace_errors(monkeypatch):
     monkeypatch.setattr(trace, "_export", broken)
     with pytest.raises(gx.GptqExportError, match="torch.export could not trace .*data-dependent control flow"):
         trace.trace_model(load_model(varied_model("llama", 100)))
+
+
+def test_sliding_window_cache_is_refused_with_one_line():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    model = MistralForCausalLM(MistralConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4,
+                                             num_key_value_heads=2, intermediate_size=96, vocab_size=100,
+                                             sliding_window=8))
+    with pytest.raises(gx.GptqExportError, match="DynamicSlidingWindowLayer.*export it without --kv-cache") as info:
+        trace.kv_layout(model)
+    assert "\n" not in str(info.value)
+    assert trace.kv_layout(varied_model("llama", 100)) == trace.KVLayout(num_layers=2, kv_heads=2, head_dim=16)
