@@ -79,8 +79,8 @@ def _calib_dict(calib: CalibConfig, shape: tuple[int, int]) -> dict:
 
 def _layer_dicts(reports: list[LayerReport]) -> list[dict]:
     return [
-        {"name": r.name, "K": r.in_features, "N": r.out_features, "loss": r.loss, "rtn_loss": r.rtn_loss,
-         "percdamp": r.percdamp}
+        {"name": r.name, "K": r.in_features, "N": r.out_features, "bits": r.bits, "loss": r.loss,
+         "rtn_loss": r.rtn_loss, "percdamp": r.percdamp}
         for r in reports
     ]
 

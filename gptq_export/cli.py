@@ -24,6 +24,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _layer_bits(text: str) -> tuple[str, int]:
+    pattern, sep, bits = text.rpartition("=")
+    if not sep or not pattern or not bits.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not PATTERN=BITS (e.g. lm_head=8)")
+    return pattern, int(bits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="gptq-export",
@@ -55,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS,
                    help=f"MatMulNBits compute type of --format ort: 4 = int8 activations (faster on CPU, ~5e-3 "
                         f"relative error), 0 = exact fp32 (default {_Q['accuracy_level']})")
+    q.add_argument("--layer-bits", action="append", metavar="PATTERN=BITS", type=_layer_bits,
+                   help="code width for the Linears matching PATTERN (first match wins), repeatable; they are "
+                        "quantized even if --skip matches them: --layer-bits lm_head=8 gives an 8-bit head")
     q.add_argument("--skip", action="append", metavar="PATTERN",
                    help=f"module-name pattern to keep in float, repeatable (default {' '.join(_Q['skip'])})")
     c = p.add_argument_group("calibration")
@@ -96,7 +106,8 @@ def _print_summary(result, out) -> None:
         ("output", s["output"] + ("  (KV-cache decoder)" if s["kv_cache"] else "")),
         ("layers quantized", f"{s['layers_quantized']} ({len(result.skipped)} left in float)"),
         ("bits / group / sym", f"{cfg.bits} / {cfg.group_size} / {'sym' if cfg.sym else 'asym'}"
-         f"{' / act-order' if cfg.act_order else ''}{' / static groups' if cfg.static_groups else ''}"),
+         f"{' / act-order' if cfg.act_order else ''}{' / static groups' if cfg.static_groups else ''}"
+         + "".join(f" / {pattern}: {bits}-bit" for pattern, bits in cfg.layer_bits)),
         ("method / format", f"{cfg.method.value} / {s['format']}"
          f"{f' (accuracy level {cfg.accuracy_level})' if s['format'] == Format.ORT.value else ''}"),
         ("calibration", f"{s['calibration']['nsamples']} x {s['calibration']['seqlen']} tokens, seed {result.calib.seed}"),
@@ -128,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                              "method", "format", "accuracy_level"])
         if args.skip is not None:
             qargs["skip"] = tuple(args.skip)
+        if args.layer_bits:
+            qargs["layer_bits"] = tuple(args.layer_bits)
         config = QuantConfig(**qargs)
         calib = CalibConfig(**_pick(args, ["text", "nsamples", "seqlen", "seed"]))
         output = args.output or _default_output(args.model, config)

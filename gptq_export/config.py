@@ -7,6 +7,7 @@ observe activations. Defaults live here only: the CLI reads them from these clas
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass
 from enum import Enum
 
@@ -65,6 +66,9 @@ class QuantConfig:
         faster on CPU, about 5e-3 relative error), 0 = exact (fp32, as the stored weights say);
         1 fp32, 2 fp16, 3 bf16 as in onnxruntime.
     skip: fnmatch patterns of module names left in float (lm_head by default).
+    layer_bits: (pattern, bits) pairs: Linears whose name matches a pattern (first match wins) use
+        that code width instead of `bits`, and are quantized even when `skip` matches them
+        (e.g. (("lm_head", 8),) for an 8-bit head next to 4-bit layers).
     """
 
     bits: int = 4
@@ -78,6 +82,7 @@ class QuantConfig:
     format: Format | None = None
     accuracy_level: int = 4
     skip: tuple[str, ...] = ("lm_head", "*.lm_head")
+    layer_bits: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_BITS:
@@ -109,16 +114,49 @@ class QuantConfig:
                 f"accuracy_level={self.accuracy_level!r} is invalid; choose 0 (exact) to 4 (int8 activations)"
             )
         object.__setattr__(self, "skip", tuple(self.skip))
+        object.__setattr__(self, "layer_bits", self._checked_layer_bits())
         if self.format is not None:
             problem = self._unfit(self.format)
             if problem:
                 fits = " or ".join(f"--format {f.value}" for f in Format if not self._unfit(f))
                 raise ConfigError(f"--format {self.format.value} cannot hold {problem}; use {fits}")
 
+    def _checked_layer_bits(self) -> tuple[tuple[str, int], ...]:
+        pairs = []
+        for item in self.layer_bits:
+            try:
+                pattern, bits = item
+            except (TypeError, ValueError):
+                raise ConfigError(f"layer_bits entry {item!r} is invalid; use (pattern, bits) pairs") from None
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(f"layer_bits pattern {pattern!r} is invalid; use a module-name pattern such as lm_head")
+            if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
+                raise ConfigError(f"layer_bits {pattern}={bits} is not supported; choose one of "
+                                  f"{', '.join(map(str, SUPPORTED_BITS))}")
+            pairs.append((pattern, int(bits)))
+        return tuple(pairs)
+
+    def all_bits(self) -> tuple[int, ...]:
+        """Every code width this config can write (bits and the layer_bits overrides)."""
+        return tuple(sorted({self.bits, *(b for _, b in self.layer_bits)}))
+
+    def _override(self, name: str) -> int | None:
+        return next((b for pattern, b in self.layer_bits if fnmatch.fnmatchcase(name, pattern)), None)
+
+    def overrides_skip(self, name: str) -> bool:
+        """True when a layer_bits pattern names this layer (it is quantized even if skip matches)."""
+        return self._override(name) is not None
+
+    def for_layer(self, name: str) -> QuantConfig:
+        """The settings of one Linear: `bits` replaced by its layer_bits override, if any."""
+        bits = self._override(name)
+        return self if bits is None or bits == self.bits else dataclasses.replace(self, bits=bits)
+
     def _unfit(self, fmt: Format) -> str | None:
         """Why `fmt` cannot represent these settings exactly (None when it can)."""
-        if self.bits not in FORMAT_BITS[fmt]:
-            return f"{self.bits}-bit weights"
+        bad = [b for b in self.all_bits() if b not in FORMAT_BITS[fmt]]
+        if bad:
+            return f"{bad[0]}-bit weights"
         if fmt is not Format.GPTQ and self.group_size != -1 and self.group_size % MIN_BLOCK:
             return f"group size {self.group_size} (needs a multiple of {MIN_BLOCK} or -1)"
         return None
@@ -156,6 +194,7 @@ class QuantConfig:
         d["method"] = self.method.value
         d["format"] = self.format.value if self.format is not None else None
         d["skip"] = list(self.skip)
+        d["layer_bits"] = [list(pair) for pair in self.layer_bits]
         return d
 
 

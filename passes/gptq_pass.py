@@ -44,6 +44,7 @@ class LayerReport:
     rtn_loss: float  # error of round-to-nearest on the same grid and inputs
     percdamp: float
     seconds: float
+    bits: int = 0  # code width of this layer (QuantConfig.bits unless a layer_bits override)
 
 
 @dataclass
@@ -111,10 +112,11 @@ class _SequentialQuantizer(fx.Interpreter):
         x = self.env[n.args[0]]
         H, prepared = self._hessian(n.args[0], x)
         W = self.module.get_parameter(site.weight).detach().to(torch.float32)
-        rtn = rtn_quantize(W, self.config)
+        config = self.config.for_layer(site.name)
+        rtn = rtn_quantize(W, config)
         rtn_loss = reconstruction_error(W, rtn.dequantized(), H)
-        if self.config.method is Method.GPTQ:
-            qw = gptq_quantize(W, H, self.config, prepared)
+        if config.method is Method.GPTQ:
+            qw = gptq_quantize(W, H, config, prepared)
             loss = reconstruction_error(W, qw.dequantized(), H)
         else:
             qw, loss = rtn, rtn_loss
@@ -123,7 +125,8 @@ class _SequentialQuantizer(fx.Interpreter):
         setattr(self.module.get_submodule(owner), attr, nn.Parameter(W_hat, requires_grad=False))
         self.result.weights[site.name] = qw
         report = LayerReport(
-            site.name, site.in_features, site.out_features, loss, rtn_loss, qw.percdamp, time.perf_counter() - start
+            site.name, site.in_features, site.out_features, loss, rtn_loss, qw.percdamp, time.perf_counter() - start,
+            config.bits,
         )
         self.result.reports.append(report)
         if self.progress:

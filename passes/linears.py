@@ -95,7 +95,7 @@ def plan_linears(gm: fx.GraphModule, model: nn.Module, config: QuantConfig) -> L
 
 def _skip_reason(gm: fx.GraphModule, name: str, w_node, b_node, config: QuantConfig) -> str | None:
     for pattern in config.skip:
-        if fnmatch.fnmatchcase(name, pattern):
+        if fnmatch.fnmatchcase(name, pattern) and not config.overrides_skip(name):
             return f"matches --skip pattern '{pattern}'"
     if not isinstance(w_node, fx.Node) or w_node.op != "get_attr":
         return "weight is computed in the graph, not a parameter"

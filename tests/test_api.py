@@ -142,3 +142,29 @@ def test_module_input_is_not_modified(tiny_tokenizer, tmp_path):
     gx.export(model, gx.QuantConfig(bits=4, group_size=32), tmp_path / "q.onnx", calib_tokens=tokens)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("fmt,layer_bits", [
+    ("ort", (("lm_head", 8), ("*.down_proj", 2))),  # 8-bit head (quantized despite the default skip)
+    ("gptq", (("lm_head", 3), ("*.q_proj", 8))),
+])
+def test_layer_bits_mixed_widths(fmt, layer_bits, tiny_tokenizer, tmp_path):
+    model = tiny_model("llama", len(tiny_tokenizer))
+    tokens = torch.randint(0, len(tiny_tokenizer), (2, 16), generator=torch.Generator().manual_seed(0))
+    config = gx.QuantConfig(bits=4, group_size=32, accuracy_level=0, format=fmt, layer_bits=layer_bits)
+    result = gx.export(model, config, tmp_path / "q.onnx", calib_tokens=tokens)
+    assert result.skipped == []  # lm_head matched --skip but a layer_bits pattern names it
+    want = {name: config.for_layer(name).bits for name in linear_names(model)}
+    assert {r.name: r.bits for r in result.reports} == want
+    assert len(set(want.values())) == 3
+    proto = onnx.load(str(result.path))
+    meta = read_metadata(proto)
+    assert {layer["name"]: layer["bits"] for layer in meta["layers"]} == want
+    assert meta["config"]["layer_bits"] == [list(p) for p in layer_bits]
+    op = "MatMulNBits" if fmt == "ort" else OP_TYPE
+    node_bits = sorted(next(a.i for a in n.attribute if a.name == "bits") for n in proto.graph.node if n.op_type == op)
+    assert node_bits == sorted(want.values())
+    ids = torch.randint(0, len(tiny_tokenizer), (2, 9))
+    ref = result.graph_module(ids).detach().numpy()
+    got = InferenceSession(result.path).run({"input_ids": ids.numpy()})[0]
+    assert rel_err(got, ref) <= 1e-4

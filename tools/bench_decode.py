@@ -7,7 +7,8 @@ For each model, every file is the KV-cache decoder (`--kv-cache`): the FP32 expo
 one 4-bit g128 GPTQ export converted to `ort` at accuracy levels 0 and 4 (same weights), and a
 3-bit g128 GPTQ export in the `gptq` format (our custom op through gptq_export.runtime; the only
 format for 3-bit). lm_head stays in float in these files (the default skip list); for a model with
-an untied head, one more 4-bit export quantizes the head too (`ort` acc 4, row "4-bit lm_head");
+an untied head, two more 4-bit exports quantize the head too (`ort` acc 4, rows "8-bit lm_head"
+with --layer-bits lm_head=8, and "4-bit lm_head");
 a tied head (the default model's) stays in float. --reuse keeps files already in --out-dir
 (same settings), so a rerun only measures. Each round runs, per file: one prefill of --prefill tokens (empty past) and
 --decode greedy steps of one token each (batch 1), through `gptq_export.decode.Decoder`; files are
@@ -40,6 +41,7 @@ FILES = [  # label, key
     ("FP32", "fp32"),
     ("ort 4-bit acc 0", "ort0"),
     ("ort 4-bit acc 4", "ort4"),
+    ("ort 4-bit acc 4, 8-bit lm_head", "ort4h8"),  # only for a model with an untied head
     ("ort 4-bit acc 4, 4-bit lm_head", "ort4h"),  # only for a model with an untied head
     ("gptq 3-bit custom op", "gptq3"),
 ]
@@ -76,6 +78,8 @@ def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, 
     if source is not None and not source.config.tie_word_embeddings:
         w4h = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4, skip=())
         make("ort4h", lambda p: gx.export(source, w4h, p, kv_cache=True, **calib).path)
+        w4h8 = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4, layer_bits=(("lm_head", 8),))
+        make("ort4h8", lambda p: gx.export(source, w4h8, p, kv_cache=True, **calib).path)
     print(f"{name}: files written in {time.perf_counter() - t:.0f}s", file=log, flush=True)
     if model is None:
         from gptq_export.models import load_model
