@@ -149,3 +149,24 @@ def test_swap_linears_rejects_mismatches():
         swap_linears(model, {"model.norm": p})
     with pytest.raises(ValueError, match="packed weights are 64 -> 64"):
         swap_linears(model, {"model.layers.0.mlp.up_proj": p})
+
+
+@pytest.mark.gpu
+def test_kv_decoder_generates_the_same_tokens_on_cuda(cuda, tmp_path):
+    """A 3-bit gptq KV-cache decoder: greedy tokens with the CUDA kernels == CPU == HF with QuantLinear."""
+    from test_genai import torch_greedy, varied_model
+
+    from gptq_export.decode import Decoder
+    from gptq_export.quant_linear_module import swap_linears
+
+    model = varied_model("llama", 200)
+    tokens = torch.randint(0, 200, (2, 32), generator=torch.Generator().manual_seed(0))
+    config = gx.QuantConfig(bits=3, group_size=32, act_order=True, format="gptq")
+    result = gx.export(model, config, tmp_path / "kv.onnx", calib_tokens=tokens, kv_cache=True)
+    prompt = np.random.default_rng(2).integers(4, 200, (1, 7))
+    on_cpu = gx.generate(Decoder(result.path), prompt, 24)
+    on_gpu = gx.generate(Decoder(result.path, device="cuda"), prompt, 24)
+    reference = varied_model("llama", 200)
+    swap_linears(reference, result.packed)
+    np.testing.assert_array_equal(on_cpu, torch_greedy(reference, prompt, 24))
+    np.testing.assert_array_equal(on_gpu, on_cpu)
