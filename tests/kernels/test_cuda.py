@@ -179,13 +179,6 @@ def test_kernel_names_and_default_plan():
 # GPU
 
 
-@pytest.fixture(scope="module")
-def cp():
-    cupy = pytest.importorskip("cupy")
-    reason = kc.cuda_available()
-    if reason:
-        pytest.skip(reason)
-    return cupy
 
 
 @pytest.mark.gpu

@@ -7,14 +7,13 @@ message), outputs poisoned with NaN before every run.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
+from test_cuda import fresh_seed, random_layer, rel_err
 
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import cuda_mma as km
-from gptq_export.kernels.reference import default_g_idx, pack_codes, pack_zeros, quant_matmul
+from gptq_export.kernels.reference import quant_matmul
 
 BITS = (2, 3, 4, 8)
 TOL = 2e-3  # ||out - ref|| / ||ref||: fp16 activations, fp16 weights (as dequant + cuBLAS), fp32 sums
@@ -32,25 +31,6 @@ CASES = [
     (100, 33, -1, False),
 ]
 MS = (17, 33, 64, 100, 512)
-
-
-def fresh_seed() -> int:
-    return int.from_bytes(os.urandom(4), "little")
-
-
-def random_layer(rng, bits, K, N, group, act_order):
-    codes = rng.integers(0, 1 << bits, (K, N))
-    g_idx = default_g_idx(K, group)
-    if act_order:
-        g_idx = rng.permutation(g_idx).astype(np.int32)
-    G = int(g_idx.max()) + 1
-    scales = rng.uniform(0.002, 0.05, (G, N)).astype(np.float32)
-    zeros = rng.integers(0, 1 << bits, (G, N))
-    return pack_codes(codes, bits), scales, pack_zeros(zeros, bits), g_idx.astype(np.int32)
-
-
-def rel_err(out, ref) -> float:
-    return float(np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,13 +76,6 @@ def test_auto_dispatch_of_larger_m():
 # GPU
 
 
-@pytest.fixture(scope="module")
-def cp():
-    cupy = pytest.importorskip("cupy")
-    reason = kc.cuda_available()
-    if reason:
-        pytest.skip(reason)
-    return cupy
 
 
 def _run(cp, gl, x, bias, **kw):
