@@ -22,6 +22,7 @@ Prints a Markdown table (and writes bench_decode.json in --out-dir).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -30,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from bench_formats import LLAMA_RANDOM, LLAMA_TINY, THREADS, file_bytes, param_count, random_llama
+from bench_formats import THREADS, bench_model, file_bytes, file_maker, param_count
 
 import gptq_export as gx
 from gptq_export.api import convert
@@ -49,43 +49,25 @@ FILES = [  # label, key
 
 def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, int]:
     """The KV-cache decoders of model `name` (FILES); returns files, parameter count, vocab."""
-    out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    if name == "default":
-        from gptq_export.models import load_model
-
-        model, vocab = None, load_model(None).vocab_size
-        source = None
-        calib = {"calib": gx.CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen)}
-    else:
-        source = random_llama(LLAMA_TINY if name == "llama-tiny" else LLAMA_RANDOM)
-        model, vocab = source, source.config.vocab_size
-        tokens = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-        calib = {"calib_tokens": tokens}
+    bm = bench_model(name, args)
     files: dict[str, Path] = {}
+    make = file_maker(out, args.reuse, files)
 
-    def make(key: str, build) -> None:
-        path = out / f"{key}.onnx"
-        files[key] = path if args.reuse and path.is_file() else build(path)
+    def export(config: gx.QuantConfig):
+        return lambda p: gx.export(bm.source, config, p, kv_cache=True, **bm.calib).path
 
-    w4 = gx.QuantConfig(bits=4, group_size=128, format="gptq")
-    w3 = gx.QuantConfig(bits=3, group_size=128, format="gptq")
-    make("gptq4", lambda p: gx.export(source, w4, p, kv_cache=True, **calib).path)
-    make("gptq3", lambda p: gx.export(source, w3, p, kv_cache=True, **calib).path)
-    make("fp32", lambda p: gx.export_float(source, p, kv_cache=True))
+    make("gptq4", export(gx.QuantConfig(bits=4, group_size=128, format="gptq")))
+    make("gptq3", export(gx.QuantConfig(bits=3, group_size=128, format="gptq")))
+    make("fp32", lambda p: gx.export_float(bm.source, p, kv_cache=True))
     make("ort0", lambda p: convert(files["gptq4"], p, "ort", accuracy_level=0))
     make("ort4", lambda p: convert(files["gptq4"], p, "ort", accuracy_level=4))
-    if source is not None and not source.config.tie_word_embeddings:
-        w4h = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4, skip=())
-        make("ort4h", lambda p: gx.export(source, w4h, p, kv_cache=True, **calib).path)
-        w4h8 = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4, layer_bits=(("lm_head", 8),))
-        make("ort4h8", lambda p: gx.export(source, w4h8, p, kv_cache=True, **calib).path)
+    if bm.untied_head:
+        ort4 = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4)
+        make("ort4h", export(dataclasses.replace(ort4, skip=())))
+        make("ort4h8", export(dataclasses.replace(ort4, layer_bits=(("lm_head", 8),))))
     print(f"{name}: files written in {time.perf_counter() - t:.0f}s", file=log, flush=True)
-    if model is None:
-        from gptq_export.models import load_model
-
-        model = load_model(None).model
-    return files, param_count(model), vocab
+    return files, param_count(bm.model), bm.vocab
 
 
 def one_round(dec: Decoder, prompt: np.ndarray, steps: int) -> tuple[float, float]:

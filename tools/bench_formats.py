@@ -24,6 +24,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,38 +73,59 @@ def file_bytes(path: Path) -> int:
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
 
 
-def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, int]:
-    """Export FP32 + gptq, convert to ort (acc 0, 4) and qdq (+ ort with a 4-bit head); files, params, vocab."""
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = gx.QuantConfig(bits=4, group_size=128, format="gptq")
-    files: dict[str, Path] = {}
+@dataclass
+class BenchModel:
+    """A model to benchmark and how to export it."""
 
-    def make(key: str, build) -> None:
-        path = out / f"{key}.onnx"
-        files[key] = path if args.reuse and path.is_file() else build(path)
+    source: torch.nn.Module | None  # what gx.export takes: None = the embedded default model
+    model: torch.nn.Module
+    vocab: int
+    calib: dict  # calibration keyword arguments of gx.export
+    untied_head: bool  # an lm_head that can be quantized (not tied to the embedding)
 
-    t = time.perf_counter()
+
+def bench_model(name: str, args) -> BenchModel:
+    """`default` (SmolLM2, calibrated on the packaged text) or a random Llama (random token windows)."""
     if name == "default":
         from gptq_export.models import load_model
 
         loaded = load_model(None)
-        model, vocab, source = loaded.model, loaded.vocab_size, None
         calib = {"calib": gx.CalibConfig(nsamples=args.nsamples, seqlen=args.seqlen)}
-    else:
-        model = source = random_llama(LLAMA_TINY if name == "llama-tiny" else LLAMA_RANDOM)
-        vocab = model.config.vocab_size
-        tokens = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
-        calib = {"calib_tokens": tokens}
-    make("gptq", lambda p: gx.export(source, cfg, p, **calib).path)
-    make("fp32", lambda p: gx.export_float(source, p))
+        return BenchModel(None, loaded.model, loaded.vocab_size, calib, False)
+    model = random_llama(LLAMA_TINY if name == "llama-tiny" else LLAMA_RANDOM)
+    vocab = model.config.vocab_size
+    tokens = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
+    return BenchModel(model, model, vocab, {"calib_tokens": tokens}, not model.config.tie_word_embeddings)
+
+
+def file_maker(out: Path, reuse: bool, files: dict[str, Path]):
+    """make(key, build): files[key] = out/key.onnx, built by build(path) unless reused."""
+    out.mkdir(parents=True, exist_ok=True)
+
+    def make(key: str, build) -> None:
+        path = out / f"{key}.onnx"
+        files[key] = path if reuse and path.is_file() else build(path)
+
+    return make
+
+
+def build_files(name: str, out: Path, args, log) -> tuple[dict[str, Path], int, int]:
+    """Export FP32 + gptq, convert to ort (acc 0, 4) and qdq (+ ort with a 4-bit head); files, params, vocab."""
+    t = time.perf_counter()
+    bm = bench_model(name, args)
+    cfg = gx.QuantConfig(bits=4, group_size=128, format="gptq")
+    files: dict[str, Path] = {}
+    make = file_maker(out, args.reuse, files)
+    make("gptq", lambda p: gx.export(bm.source, cfg, p, **bm.calib).path)
+    make("fp32", lambda p: gx.export_float(bm.source, p))
     make("ort0", lambda p: convert(files["gptq"], p, "ort", accuracy_level=0))
     make("ort4", lambda p: convert(files["gptq"], p, "ort", accuracy_level=4))
     make("qdq", lambda p: convert(files["gptq"], p, "qdq"))
-    if source is not None and not source.config.tie_word_embeddings:
+    if bm.untied_head:
         head = gx.QuantConfig(bits=4, group_size=128, format="ort", accuracy_level=4, skip=())
-        make("ort4h", lambda p: gx.export(source, head, p, **calib).path)
+        make("ort4h", lambda p: gx.export(bm.source, head, p, **bm.calib).path)
     print(f"{name}: files ready in {time.perf_counter() - t:.0f}s", file=log, flush=True)
-    return files, param_count(model), vocab
+    return files, param_count(bm.model), bm.vocab
 
 
 def open_session(path: Path, how: str):
