@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import shutil
@@ -30,6 +29,7 @@ from torch import fx
 
 from .config import DOMAIN
 from .errors import ExportError
+from .metadata import META_PREFIX, encode_metadata, read_metadata  # noqa: F401  (re-exported)
 from .ops import quant_linear_target
 
 OP_TYPE = "QuantLinear"
@@ -40,7 +40,6 @@ OP_TYPE = "QuantLinear"
 OPSET = 23
 SUPPORTED_OPSETS = (21, 22, 23)
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights above which they go to `<name>.data`
-META_PREFIX = "gptq_export."
 
 _custom_opset = onnxscript.values.Opset(DOMAIN, 1)
 
@@ -131,7 +130,7 @@ def build_onnx(
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed: {str(exc).strip().splitlines()[0][:300]}") from exc
     program.model.metadata_props.update(
-        {META_PREFIX + k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+        encode_metadata(metadata)
     )
     return program.model
 
@@ -202,16 +201,3 @@ def save_model(model: ir.Model, path: str | os.PathLike, external: bool | None =
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
-    """Our metadata_props, JSON-decoded, without the key prefix."""
-    out: dict[str, object] = {}
-    for prop in model.metadata_props:
-        if prop.key.startswith(META_PREFIX):
-            key = prop.key[len(META_PREFIX) :]
-            try:
-                out[key] = json.loads(prop.value)
-            except json.JSONDecodeError:
-                out[key] = prop.value
-    return out

@@ -18,7 +18,6 @@ Every problem with the file raises `InspectError` (one line, says what to do).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -34,7 +33,6 @@ from ..errors import GptqExportError
 
 #: Same values as gptq_export.emit (not imported: emit pulls in torch, which slows the CLI down).
 OP_TYPE = "QuantLinear"
-META_PREFIX = "gptq_export."
 MS_DOMAIN = "com.microsoft"
 GENAI_CONFIG = "genai_config.json"
 
@@ -150,19 +148,6 @@ def _external_path(base: Path, location: str, tensor: str) -> Path:
         raise InspectError(f"tensor {clean(tensor)} has an invalid external data location {clean(location)!r}; "
                            "re-export the model")
     return base / location
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
-    """Our metadata_props, JSON-decoded, without the key prefix (same as gptq_export.emit.read_metadata)."""
-    out: dict[str, object] = {}
-    for prop in model.metadata_props:
-        if prop.key.startswith(META_PREFIX):
-            key = prop.key[len(META_PREFIX):]
-            try:
-                out[key] = json.loads(prop.value)
-            except (json.JSONDecodeError, RecursionError):
-                out[key] = prop.value
-    return out
 
 
 # --------------------------------------------------------------------------- tensors

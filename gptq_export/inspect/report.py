@@ -15,6 +15,7 @@ import numbers
 
 from onnx import TensorProto
 
+from ..metadata import read_metadata
 from .reader import (
     _FLOAT_TYPES,
     InspectError,
@@ -27,7 +28,6 @@ from .reader import (
     find_quant_nodes,
     numel,
     payload_bytes,
-    read_metadata,
 )
 
 SCHEMA_VERSION = 1
