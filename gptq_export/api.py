@@ -168,8 +168,7 @@ def _emit(traced: TracedModel, loaded: LoadedModel, output, metadata: dict, conf
     """Write the traced (rewritten) graph, converted to config's format when it is not gptq: a .onnx file,
     or an onnxruntime-genai folder when `output` is not a .onnx name."""
     fmt = config.resolved_format() if config is not None else None
-    folder = is_folder_output(output)
-    _check_output(output, fmt)
+    folder = is_folder_output(output)  # export/export_float checked `output` before any long work
     if traced.kv is not None:
         metadata = {**metadata, "kv_cache": dataclasses.asdict(traced.kv)}
     model = build_onnx(

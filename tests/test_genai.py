@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -106,7 +107,7 @@ def test_folder_layout_and_config(exported, tiny_tokenizer):
     past = sess.get_inputs()[3].shape
     assert past[0] == "batch_size" and past[2] == "past_sequence_length"
     assert sess.get_inputs()[1].shape == ["batch_size", "total_sequence_length"]
-    ops = {n.op_type for n in __import__("onnx").load(str(result.path / "model.onnx")).graph.node}
+    ops = {n.op_type for n in onnx.load(str(result.path / "model.onnx")).graph.node}
     assert "MatMulNBits" in ops
 
 

@@ -46,27 +46,6 @@ def graph_to(gm: torch.fx.GraphModule, device: torch.device) -> torch.fx.GraphMo
     return gm
 
 
-def seq_dim_auto(monkeypatch) -> None:
-    """Local workaround for the tiny Llama on transformers 5.17 / torch 2.11 (the GPU machine):
-    torch.export rejects passes/trace.py's Dim("seq", min=1) there ("Constraints violated (seq)",
-    a guard min(16*s, 32*s) == 16*s it cannot prove for the range); Dim.AUTO for the sequence
-    traces it. Replaces the Dim named "seq" in what passes.trace.dynamic_shapes returns."""
-    from torch.export import Dim
-
-    from gptq_export.passes import trace
-
-    original = trace.dynamic_shapes
-
-    def swap(spec):
-        if isinstance(spec, dict):
-            return {k: Dim.AUTO if getattr(v, "__name__", None) == "seq" else v for k, v in spec.items()}
-        if isinstance(spec, list | tuple):
-            return type(spec)(swap(x) for x in spec)
-        return spec
-
-    monkeypatch.setattr(trace, "dynamic_shapes", lambda *a, **kw: swap(original(*a, **kw)))
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "arch,config",
@@ -78,9 +57,7 @@ def seq_dim_auto(monkeypatch) -> None:
         ("llama", gx.QuantConfig(bits=4, group_size=32, act_order=True, format="gptq")),
     ],
 )
-def test_runtime_cuda_and_graph_on_cuda_equal_cpu(cuda, arch, config, tiny_tokenizer, tmp_path, monkeypatch):
-    if arch == "llama":
-        seq_dim_auto(monkeypatch)
+def test_runtime_cuda_and_graph_on_cuda_equal_cpu(cuda, arch, config, tiny_tokenizer, tmp_path):
     model = tiny_model(arch, len(tiny_tokenizer))
     folder = save_tiny_model(model, tiny_tokenizer, tmp_path / arch)
     out = tmp_path / "q.onnx"

@@ -1,7 +1,6 @@
 """onnxruntime with the gptq custom op: device="cuda" against device="cpu" (logits and per-token latency).
 
     python tools/bench_ort_cuda.py                  # tiny GPT-2 / OPT / Llama + a ~60M GPT-2; table last
-    python tools/bench_ort_cuda.py --trace-probe    # which seq Dim lets torch.export trace the tiny Llama
 
 Each model is exported in the `gptq` format (custom op `gptq_export.QuantLinear`) and run by
 `gptq_export.runtime.InferenceSession` twice: device="cpu" (NumPy kernel) and device="cuda" (the
@@ -11,16 +10,14 @@ hands the op NumPy arrays). Reported: the relative error of the CUDA logits agai
 a greedy loop of `--new` tokens after a `--prompt`-token prompt. The exported graph has no KV cache,
 so every step runs the whole sequence: the per-token time is one forward over 32..47 tokens.
 
---trace-probe exports the tiny Llama with the sequence Dim of passes/trace.py replaced, in turn, by
-each candidate (the file itself is not changed) and checks the CPU runtime's logits against the
-quantized torch graph it traced, at sequence lengths 1, 5 and 17.
+(The tiny Llama needs transformers 5.17 / torch 2.11's sequence-Dim fallback of passes/trace.py:
+`trace_model` retries with Dim.AUTO when torch.export reports violated constraints.)
 Writes $OUT/ort_cuda.json when OUT is set.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -58,45 +55,7 @@ def tiny_model(arch: str, vocab: int = VOCAB, big: bool = False) -> torch.nn.Mod
     raise ValueError(arch)
 
 
-#: Candidate sequence Dims for passes/trace.py (None: the file as it is).
-SEQ_FIXES = {
-    "current": None,
-    "min2": lambda max_seq: torch.export.Dim("seq", min=2, max=max_seq),
-    "auto": lambda max_seq: torch.export.Dim.AUTO,
-    "dynamic": lambda max_seq: torch.export.Dim.DYNAMIC,
-}
-
-
-@contextlib.contextmanager
-def seq_dim(fix: str):
-    """Replace the Dim named "seq" that passes.trace.dynamic_shapes returns by SEQ_FIXES[fix]."""
-    from gptq_export.passes import trace
-
-    make = SEQ_FIXES[fix]
-    if make is None:
-        yield
-        return
-    original = trace.dynamic_shapes
-
-    def patched(*args, **kwargs):
-        def swap(spec):
-            if isinstance(spec, dict):
-                return {k: (make(getattr(v, "max", None) or 4096) if getattr(v, "__name__", None) == "seq" else v)
-                        for k, v in spec.items()}
-            if isinstance(spec, list | tuple):
-                return type(spec)(swap(s) for s in spec)
-            return spec
-
-        return swap(original(*args, **kwargs))
-
-    trace.dynamic_shapes = patched
-    try:
-        yield
-    finally:
-        trace.dynamic_shapes = original
-
-
-def export(model, path: Path, bits: int, group: int, act_order: bool, fix: str = "current", rtn: bool = False):
+def export(model, path: Path, bits: int, group: int, act_order: bool, rtn: bool = False):
     import gptq_export as gx
 
     vocab = model.config.vocab_size
@@ -104,8 +63,7 @@ def export(model, path: Path, bits: int, group: int, act_order: bool, fix: str =
                          method=gx.Method.RTN if rtn else gx.Method.GPTQ)
     calib = gx.CalibConfig(nsamples=CALIB_SHAPE[0], seqlen=CALIB_SHAPE[1], seed=1)
     tokens = torch.randint(0, vocab, CALIB_SHAPE, generator=torch.Generator().manual_seed(1))
-    with seq_dim(fix):
-        return gx.export(model, cfg, path, calib, calib_tokens=tokens)
+    return gx.export(model, cfg, path, calib, calib_tokens=tokens)
 
 
 def session(path: Path, device: str):
@@ -164,74 +122,33 @@ def compare(name: str, path: Path, vocab: int, prompt_len: int, new: int) -> dic
     return row
 
 
-def trace_probe(tmp: Path) -> list[dict]:
-    from gptq_export.runtime import InferenceSession
-
-    model = tiny_model("llama")
-    rows = []
-    for fix in SEQ_FIXES:
-        row = {"fix": fix}
-        try:
-            result = export(model, tmp / f"llama_{fix}.onnx", 4, 32, True, fix=fix)
-            sess = InferenceSession(tmp / f"llama_{fix}.onnx", device="cpu")
-            errs = []
-            for seq in (1, 5, 17):
-                ids = torch.randint(0, VOCAB, (2, seq), generator=torch.Generator().manual_seed(seq))
-                try:  # the rewritten (quantized) torch graph; it may refuse a seq outside its Dim
-                    with torch.no_grad():
-                        ref = result.graph_module(ids)
-                    ref = (ref[0] if isinstance(ref, tuple | list) else ref).numpy()
-                    errs.append(f"{rel_err(run(sess, 'cpu', ids.numpy()), ref):.1e}")
-                except Exception as exc:
-                    errs.append(f"{type(exc).__name__}: {' '.join(str(exc).split())[:80]}")
-            row["ok"], row["rel_err_seq_1_5_17"] = True, errs
-        except Exception as exc:
-            msg = " ".join(str(exc).split())
-            row["ok"], row["error"] = False, f"{type(exc).__name__}: {msg[:300]}"
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(f"\ntrace probe, tiny Llama (torch {torch.__version__}, transformers {__import__('transformers').__version__})")
-    for r in rows:
-        print(f"{r['fix']:>8}: " + (f"ok, ONNX (CPU runtime) vs traced graph, rel err at seq 1/5/17 = {r['rel_err_seq_1_5_17']}"
-                                    if r["ok"] else r["error"][:200]))
-    return rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trace-probe", action="store_true")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--new", type=int, default=16)
-    ap.add_argument("--llama-fix", default="auto", choices=list(SEQ_FIXES),
-                    help="seq Dim used to export the tiny Llama (see --trace-probe)")
     args = ap.parse_args()
     out = os.environ.get("OUT")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if args.trace_probe:
-            rows = trace_probe(tmp)
-            if out:
-                Path(out, "trace_probe.json").write_text(json.dumps(rows, indent=1))
-            return
         from gptq_export.kernels.cuda import cuda_available
 
         reason = cuda_available()
         if reason:
             sys.exit(f"bench_ort_cuda needs CUDA: {reason}")
-        specs = [  # name, model, bits, group, act-order, seq fix, RTN
-            ("gpt2 w4g32", tiny_model("gpt2"), 4, 32, False, "current", False),
-            ("opt w3 act", tiny_model("opt"), 3, -1, True, "current", False),
-            ("gpt2 w2g16 act", tiny_model("gpt2"), 2, 16, True, "current", False),
-            ("opt w8g64", tiny_model("opt"), 8, 64, False, "current", False),
-            (f"llama w4g32 act ({args.llama_fix})", tiny_model("llama"), 4, 32, True, args.llama_fix, False),
-            ("gpt2-60M w4g128 rtn", tiny_model("gpt2", 8192, big=True), 4, 128, False, "current", True),
+        specs = [  # name, model, bits, group, act-order, RTN
+            ("gpt2 w4g32", tiny_model("gpt2"), 4, 32, False, False),
+            ("opt w3 act", tiny_model("opt"), 3, -1, True, False),
+            ("gpt2 w2g16 act", tiny_model("gpt2"), 2, 16, True, False),
+            ("opt w8g64", tiny_model("opt"), 8, 64, False, False),
+            ("llama w4g32 act", tiny_model("llama"), 4, 32, True, False),
+            ("gpt2-60M w4g128 rtn", tiny_model("gpt2", 8192, big=True), 4, 128, False, True),
         ]
         rows = []
-        for name, model, bits, group, act, fix, rtn in specs:
+        for name, model, bits, group, act, rtn in specs:
             path = tmp / "m.onnx"
             try:
                 t0 = time.perf_counter()
-                export(model, path, bits, group, act, fix=fix, rtn=rtn)
+                export(model, path, bits, group, act, rtn=rtn)
                 row = compare(name, path, model.config.vocab_size, args.prompt, args.new)
                 row["export_s"] = round(time.perf_counter() - t0, 1)
             except Exception as exc:

@@ -3,7 +3,7 @@
 #   install the repo (editable, no dependencies), compile the kernels (stops here when one fails
 #   to compile), run the gpu tests, then tools/bench_kernels.py (--sweep by default: M <= 8 kernel
 #   variants first; BENCH_ARGS=--mma-sweep times every qgemm_mma tile x split at M = 64 / 512), tools/bench_decode_gpu.py, tools/bench_ort_cuda.py (onnxruntime device="cuda"
-#   vs "cpu") and its --trace-probe (torch.export of the tiny Llama with candidate seq Dims).
+#   vs "cpu").
 #
 #   bash tools/gpu_run.sh                     # everything
 #   STAGES="test bench" BENCH_ARGS=--quick bash tools/gpu_run.sh
@@ -11,7 +11,7 @@
 # Needs python3 with torch (CUDA), cupy, transformers, onnxruntime, pytest. onnxruntime-extensions
 # (for the onnxruntime device="cuda" test) is installed from ./.whl/*.whl when that folder exists.
 # Logs go to $OUT (default ./gpu_out): env.log, pytest.log, bench.log (+ bench.json),
-# decode.log (+ decode.json), ort.log (+ ort_cuda.json), probe.log, ncu.log (Nsight Compute
+# decode.log (+ decode.json), ort.log (+ ort_cuda.json), ncu.log (Nsight Compute
 # sections of the M = 1 kernel, where ncu exists). Exit status: nonzero if any stage failed.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,7 @@ export OUT
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY="${PY:-python3}"
-STAGES="${STAGES:-test bench decode ort probe ncu}"
+STAGES="${STAGES:-test bench decode ort ncu}"
 status=0
 
 {
@@ -78,10 +78,6 @@ if [[ " $STAGES " == *" ort "* ]]; then
   echo "== bench_ort_cuda"
   timeout "${ORT_TIMEOUT:-240}" "$PY" tools/bench_ort_cuda.py 2>&1 | tee "$OUT/ort.log" || status=1
 fi
-if [[ " $STAGES " == *" probe "* ]]; then
-  echo "== trace probe"
-  timeout "${PROBE_TIMEOUT:-120}" "$PY" tools/bench_ort_cuda.py --trace-probe 2>&1 | tee "$OUT/probe.log" || status=1
-fi
 
 if [[ " $STAGES " == *" ncu "* ]] && command -v ncu >/dev/null; then
   echo "== ncu (fused kernel, 8192 x 28672, M = 1)"
@@ -103,5 +99,4 @@ echo "================ summary (status $status)"
 [ -f "$OUT/bench.log" ] && sed -n '/^mma sweep (us/,/^$/p' "$OUT/bench.log"
 [ -f "$OUT/decode.log" ] && sed -n '/^Greedy decode/,$p' "$OUT/decode.log"
 [ -f "$OUT/ort.log" ] && sed -n '/^onnxruntime .*gptq custom op/,$p' "$OUT/ort.log"
-[ -f "$OUT/probe.log" ] && sed -n '/^trace probe/,$p' "$OUT/probe.log"
 exit $status

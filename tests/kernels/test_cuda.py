@@ -46,6 +46,17 @@ def rel_err(out, ref) -> float:
     return float(np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
+@pytest.fixture(scope="module")
+def cp():
+    """The cupy module, when CuPy imports and a CUDA device answers; else the test is skipped (also
+    used by test_cuda_mma.py: a conftest.py here would shadow tests/conftest.py's helpers)."""
+    cupy = pytest.importorskip("cupy")
+    reason = kc.cuda_available()
+    if reason:
+        pytest.skip(reason)
+    return cupy
+
+
 # ------------------------------------------------------------------------------------------------
 # CPU: the tile layout itself
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_cuda
 from test_cuda import fresh_seed, random_layer, rel_err
 
 from gptq_export.kernels import cuda as kc
@@ -74,6 +75,8 @@ def test_auto_dispatch_of_larger_m():
 
 # ------------------------------------------------------------------------------------------------
 # GPU
+
+cp = test_cuda.cp  # the shared CuPy fixture (skips without CUDA)
 
 
 
