@@ -93,7 +93,20 @@ SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as 
 MMA_BITS = (3, 4)
 MMA_MIN_M = 17
 MMA_MAX_M = 128
+#: On sm_90 (H100 / H200), `quant_matmul(path="auto")` runs the wgmma GEMM (`qgemm_wg`,
+#: kernels/cuda_wgmma.py) for WG_MIN_M <= M <= WG_MAX_M rows of MMA_BITS layers with at least
+#: WG_MIN_WEIGHTS weights: measured there (tools/bench_kernels.py --wg-sweep, docs/gpu-results.md)
+#: 1.0-1.4x faster than the paths above at M = 128 / 256 on 4096 x 11008 and larger, slower on
+#: 4096 x 4096 and at M = 512 (dequantize + cuBLAS stays the prefill path there).
+WG_MIN_M = 128
+WG_MAX_M = 256
+WG_MIN_WEIGHTS = 32 << 20
 _OPTIONS = ("-std=c++17",)
+#: The Hopper wgmma kernels (`qgemm_wg<...>`, kernels/cuda_wgmma.py) are compiled as a second module:
+#: SOURCES + WG_SOURCE with sm_90a's arch-specific instructions (CuPy appends its own -arch=sm_90
+#: after this option; NVRTC then builds sm_90a code, which needs an H100 / H200).
+WG_SOURCE = "gptq_wgmma.cu"
+_WG_OPTIONS = ("-arch=sm_90a",)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -109,10 +122,11 @@ def _cupy():
     return cupy
 
 
-def source() -> str:
-    """The CUDA source of every kernel (package data of gptq_export.kernels)."""
+def source(wgmma: bool = False) -> str:
+    """The CUDA source of every kernel (package data of gptq_export.kernels); with `wgmma`, plus
+    the Hopper kernels of WG_SOURCE."""
     root = importlib.resources.files(__package__)
-    return "\n".join(root.joinpath(name).read_text() for name in SOURCES)
+    return "\n".join(root.joinpath(name).read_text() for name in SOURCES + ((WG_SOURCE,) if wgmma else ()))
 
 
 def cuda_available() -> str | None:
@@ -175,7 +189,9 @@ def function(name: str):
         with _lock:
             fn = _functions.get(key)
             if fn is None:
-                module = cp.RawModule(code=source(), options=_OPTIONS, name_expressions=(name,))
+                wg = name.startswith("qgemm_wg<")
+                module = cp.RawModule(code=source(wg), options=_OPTIONS + (_WG_OPTIONS if wg else ()),
+                                      name_expressions=(name,))
                 fn = module.get_function(name)
                 p = _small_params(name)
                 if p and p["xs"]:  # staged x: may need more than 48 KB
@@ -212,7 +228,7 @@ def precompile(names: list[str], workers: int | None = None) -> None:
 
 def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8)) -> list[str]:
     """Kernels the tests and benchmarks use (for `precompile`)."""
-    names = ["repack_sz", "prep_x"]
+    names = ["repack_sz", "prep_x", "prep_xwg"]
     for b in bits:
         names.append(repack_kernel_name(b))
         for gc in gstcs:
@@ -272,6 +288,7 @@ class GpuLinear:
     qw: Any
     sz: Any
     perm: Any
+    wgperm: Any = None  # int32 [Kp], x gather of the wgmma kernel (kernels.cuda_wgmma.wg_perm), lazily
 
     @property
     def nbytes(self) -> int:
@@ -428,8 +445,15 @@ def gather_x(layer: GpuLinear, x2, out=None):
 
 
 def auto_path(layer: GpuLinear, M: int) -> str:
-    """Path of `quant_matmul(path="auto")` for M rows: "fused", "mma" or "dequant" (see MMA_BITS)."""
-    if layer.layout.bits in MMA_BITS and MMA_MIN_M <= M <= MMA_MAX_M:
+    """Path of `quant_matmul(path="auto")` for M rows: "fused", "mma", "wgmma" or "dequant" (see
+    MMA_BITS, WG_MIN_M)."""
+    lay = layer.layout
+    if lay.bits in MMA_BITS and WG_MIN_M <= M <= WG_MAX_M and lay.K * lay.N >= WG_MIN_WEIGHTS:
+        from . import cuda_wgmma
+
+        if cuda_wgmma.available():
+            return "wgmma"
+    if lay.bits in MMA_BITS and MMA_MIN_M <= M <= MMA_MAX_M:
         return "mma"
     return "fused" if M <= MAX_FUSED_M else "dequant"
 
@@ -443,7 +467,9 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     bias: CuPy float32 [N] or None. out: optional C-contiguous CuPy array [..., N] of x's dtype.
     path: "fused" (tensor-core kernel reading the packed weights once; any M, in grid rows of
     8*MT), "mma" (fused dequantize + tensor-core GEMM for larger M; tile / split / ws: see
-    kernels.cuda_mma.mma_matmul), "dequant" (fp16 W^T into a scratch buffer, then cuBLAS), or
+    kernels.cuda_mma.mma_matmul), "wgmma" (the same on Hopper's wgmma, sm_90 only; see
+    kernels.cuda_wgmma.wg_matmul; xbuf is then its prepared-x buffer of cuda_wgmma.xbuf_size elements), "dequant" (fp16 W^T
+    into a scratch buffer, then cuBLAS), or
     "auto" (`auto_path`; "fused" when any of mt / nt / xs / occ / cs is given). mt / nt / xs / occ / cs / pd override the fused kernel's tile, x staging,
     blocks per SM, blocks per split-K cluster (MT = 1) and units in flight per warp (0: default)
     (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
@@ -470,6 +496,11 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     if path == "auto":  # options of the small-M kernel given: that kernel
         fused_opts = any(v is not None for v in (mt, nt, xs, occ, cs))
         path = "fused" if fused_opts else auto_path(layer, M)
+    if path == "wgmma":
+        from . import cuda_wgmma
+
+        cuda_wgmma.wg_matmul(x2, layer, bias, out, tile=tile, split=split, ws=ws, xbuf=xbuf)
+        return out
     if path == "mma":
         from . import cuda_mma
 
@@ -507,7 +538,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         )
         return out
     if path != "dequant":
-        raise ValueError(f"path must be 'auto', 'fused', 'mma' or 'dequant', got {path!r}")
+        raise ValueError(f"path must be 'auto', 'fused', 'mma', 'wgmma' or 'dequant', got {path!r}")
     wt = dequantize(layer)
     if x_in_place(layer, x2):
         y = cp.matmul(x2, wt[:, :K].T)

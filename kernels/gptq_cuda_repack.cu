@@ -78,6 +78,28 @@ prep_x(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather, const
     xg[idx] = h[0] | (h[1] << 16);
 }
 
+// x [M, ldx] (fp16 or fp32) -> xw [Kp/8][Mp][8] fp16 for the wgmma kernel (gptq_wgmma.cu):
+// xw[c][m][e] = x[m, perm[8c + e]] (0 where perm < 0 or m >= M). One thread per 16-byte chunk,
+// consecutive threads on consecutive rows m (each chunk row [c][.] is contiguous).
+extern "C" __global__ void __launch_bounds__(THREADS)
+prep_xwg(const void* __restrict__ x, int ldx, int x_f32, const int* __restrict__ perm, uint4* __restrict__ xw, int M,
+         int Mp, int Kp) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long long)(Kp >> 3) * Mp) return;
+    const int c = (int)(idx / Mp), m = (int)(idx % Mp);
+    u32 h[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        const int k = m < M ? perm[8 * c + e] : -1;
+        h[e] = 0u;
+        if (k >= 0) {
+            if (x_f32) h[e] = f2h(reinterpret_cast<const float*>(x)[(size_t)m * ldx + k]);
+            else h[e] = reinterpret_cast<const u16*>(x)[(size_t)m * ldx + k];
+        }
+    }
+    xw[idx] = make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
+}
+
 // ---------------------------------------------------------------------------------------------
 // repack: CPU format -> tc layout (load time)
 

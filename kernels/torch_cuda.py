@@ -92,7 +92,7 @@ def gpu_linear(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor
 def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = None, path: str = "auto") -> torch.Tensor:
     """y[..., N] = x[..., K] @ W + bias for a CUDA tensor x (fp16, fp32; bf16 through fp16).
 
-    bias: CUDA float32 [N] or None. path: "auto", "fused", "mma" or "dequant" (see kernels.cuda).
+    bias: CUDA float32 [N] or None. path: "auto", "fused", "mma", "wgmma" or "dequant" (see kernels.cuda).
     The prefill path ("dequant", auto for large M: kernels.cuda.auto_path) writes W^T in fp16 (K'
     order) to a scratch tensor and multiplies with PyTorch (cuBLAS).
     """
@@ -126,17 +126,21 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
         else:
             y = torch.empty((M, N), dtype=x2.dtype, device=x.device)
             xbuf = ws = None
-            if kc.prep_x_needed(layer, xc2):
+            if path == "wgmma":  # x prepared in the kernel's order (kernels.cuda_wgmma.prep)
+                from . import cuda_wgmma
+
+                xbuf = to_cupy(torch.empty(cuda_wgmma.xbuf_size(layer, M), dtype=torch.float16, device=x.device))
+            elif kc.prep_x_needed(layer, xc2):
                 xbuf = to_cupy(torch.empty((M, lay.Kp), dtype=torch.float16, device=x.device))
             tile = split = None
-            if path == "mma":  # buffers from PyTorch's allocator (CUDA graphs)
-                from . import cuda_mma
+            if path in ("mma", "wgmma"):  # buffers from PyTorch's allocator (CUDA graphs)
+                from . import cuda_mma, cuda_wgmma
 
-                tile, split = cuda_mma.default_plan(layer, M)
+                tile, split = (cuda_mma if path == "mma" else cuda_wgmma).default_plan(layer, M)
                 if split > 1:
                     ws = to_cupy(torch.empty(split * M * N, dtype=torch.float32, device=x.device))
             elif path != "fused":
-                raise ValueError(f"path must be 'auto', 'fused', 'mma' or 'dequant', got {path!r}")
+                raise ValueError(f"path must be 'auto', 'fused', 'mma', 'wgmma' or 'dequant', got {path!r}")
             kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path=path,
                             xbuf=xbuf, tile=tile, split=split, ws=ws)
     return y.to(out_dtype).reshape(*x.shape[:-1], N)

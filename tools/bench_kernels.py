@@ -177,16 +177,20 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
     def run(i, layers, path="auto"):
         return tc.linear(xs[i % nx], layers[i % len(layers)], None, path=path)
 
+    from gptq_export.kernels import cuda_wgmma
+
+    with tc._On(device):
+        wg = ["wgmma"] if M >= 64 and cuda_wgmma.supported() else []
     for name, layers in variants.items():
         nb = layers[0].read_bytes + xy_bytes
-        extra = (["mma", "dequant"] + (["fused"] if M <= 64 else [])) if M >= 16 and not name.endswith("a") else []
+        extra = (["mma", "dequant"] + wg + (["fused"] if M <= 64 else [])) if M >= 16 and not name.endswith("a") else []
         for path in ["auto"] + extra:
             t = timer.per_call_ms(lambda i, layers=layers, path=path: run(i, layers, path), max(len(layers), nx))
             key = name if path == "auto" else f"{name}_{path}"
             row[f"{key}_us"], row[f"{key}_GBps"] = t * 1e3, nb / t / 1e6
         if M in (4, 16, 64, 512):  # sanity: the fused kernels and dequantize + cuBLAS agree
             b = run(0, layers, "dequant").float()
-            for p in ("fused", "mma") if M <= 64 else ("mma",):
+            for p in ("fused", "mma", *wg) if M <= 64 else ("mma", *wg):
                 a = run(0, layers, p).float()
                 row[f"{name}_{p}_vs_dequant"] = float((a - b).norm() / b.norm())
     return row
@@ -258,16 +262,19 @@ def sweep(shapes, timer, device, gen, l2) -> list[dict]:
     return rows
 
 
-def mma_sweep(shapes, ms, timer, device, gen, l2) -> list[dict]:
-    """Every qgemm_mma tile x split (kernels.cuda_mma.TILES) for 4 and 3 bits at each M, with the
-    default plan's time; checked against dequantize + cuBLAS."""
+def mma_sweep(shapes, ms, timer, device, gen, l2, path: str = "mma") -> list[dict]:
+    """Every tile x split of the fused GEMM `path` ("mma": kernels.cuda_mma.TILES; "wgmma":
+    kernels.cuda_wgmma.TILES) for 4 and 3 bits at each M, with the default plan's time; checked
+    against dequantize + cuBLAS."""
     from gptq_export.kernels import cuda as kc
     from gptq_export.kernels import cuda_mma as km
+    from gptq_export.kernels import cuda_wgmma as kw
     from gptq_export.kernels import torch_cuda as tc
 
+    mod = km if path == "mma" else kw
     t0 = time.time()
-    kc.precompile(km.kernel_names(bits=(4, 3), gstcs=(8,)))
-    print(f"mma sweep: kernels compiled in {time.time() - t0:.1f}s", flush=True)
+    kc.precompile(mod.kernel_names(bits=(4, 3), gstcs=(8,)))
+    print(f"{path} sweep: kernels compiled in {time.time() - t0:.1f}s", flush=True)
     rows = []
     for K, N in shapes:
         for bits in (4, 3):
@@ -279,19 +286,23 @@ def mma_sweep(shapes, ms, timer, device, gen, l2) -> list[dict]:
                 xs = [torch.randn(M, K, device=device, dtype=torch.float16, generator=gen) for _ in range(nl)]
                 ys = [torch.empty(M, N, device=device, dtype=torch.float16) for _ in range(nl)]
                 wsb = torch.empty(8 * M * N, device=device, dtype=torch.float32)
+                xbuf = torch.empty(kw.xbuf_size(first, M), device=device, dtype=torch.float16)
 
-                def call(i, tile=None, split=None, xs=xs, ys=ys, wsb=wsb, layers=layers, nl=nl):
+                def call(i, tile=None, split=None, xs=xs, ys=ys, wsb=wsb, layers=layers, nl=nl, xbuf=xbuf):
                     with tc._On(device):
                         kc.quant_matmul(tc.to_cupy(xs[i % nl]), layers[i % nl], None, tc.to_cupy(ys[i % nl]),
-                                        path="mma", tile=tile, split=split, ws=tc.to_cupy(wsb))
+                                        path=path, tile=tile, split=split, ws=tc.to_cupy(wsb),
+                                        xbuf=tc.to_cupy(xbuf) if path == "wgmma" else None)
                     return ys[i % nl]
 
                 ref = tc.linear(xs[0], layers[0], path="dequant").float()
-                dt, ds = km.default_plan(layers[0], M)
-                row = {"K": K, "N": N, "bits": bits, "M": M, "default": f"{dt.label}/{ds}",
+                dt, ds = mod.default_plan(layers[0], M)
+                row = {"K": K, "N": N, "bits": bits, "M": M, "path": path, "default": f"{dt.label}/{ds}",
                        "default_us": timer.per_call_ms(call, nl, reps=5) * 1e3, "variants": {}}
                 err = 0.0
-                for label in km.TILES:
+                for label, tile in mod.TILES.items():
+                    if path == "wgmma" and not kw.fits(bits, 8, tile):
+                        continue
                     for split in (1, 2, 4, 8):
                         if split > max(1, layers[0].layout.nu // 2):
                             continue
@@ -306,7 +317,7 @@ def mma_sweep(shapes, ms, timer, device, gen, l2) -> list[dict]:
             del layers
             torch.cuda.empty_cache()
     labels = sorted({k for r in rows for k in r["variants"]}, key=lambda s: (s.split("/")[0], int(s.split("/")[1])))
-    print("\nmma sweep (us; tile = outputs x tokens per block / split of K')")
+    print(f"\n{path} sweep (us; tile = outputs x tokens per block / split of K')")
     print(f"{'K x N':>12} {'b':>2} {'M':>4} {'default':>13} {'us':>7} {'best':>13} " + " ".join(f"{lb:>11}" for lb in labels)
           + "  maxerr")
     for r in rows:
@@ -347,6 +358,8 @@ def main() -> None:
     ap.add_argument("--sweep-only", action="store_true")
     ap.add_argument("--mma-sweep", action="store_true", help="time every qgemm_mma tile x split first (M 64, 512)")
     ap.add_argument("--mma-sweep-only", action="store_true")
+    ap.add_argument("--wg-sweep", action="store_true", help="time every qgemm_wg (Hopper wgmma) tile x split first")
+    ap.add_argument("--wg-sweep-only", action="store_true")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_kernels needs a CUDA GPU")
@@ -376,6 +389,11 @@ def main() -> None:
     if args.mma_sweep or args.mma_sweep_only:
         results["mma_sweep"] = mma_sweep(shapes, [m for m in ms if m >= 64] or [64, 512], timer, device, gen, l2)
         if args.mma_sweep_only:
+            shapes = []
+    if args.wg_sweep or args.wg_sweep_only:
+        results["wg_sweep"] = mma_sweep(shapes, [m for m in ms if m >= 64] or [128, 512], timer, device, gen, l2,
+                                        path="wgmma")
+        if args.wg_sweep_only:
             shapes = []
 
     for K, N in shapes:
@@ -418,6 +436,18 @@ def main() -> None:
                   f"{r['w4_dequant_us']:>8.1f} {r.get('w4_fused_us', float('nan')):>8.1f} {r['w3_mma_us']:>8.1f} {r['w3_dequant_us']:>8.1f} "
                   f"{r['w4_mma_us'] / f:>8.2f} {r['w4_dequant_us'] / f:>8.2f} {r['w3_mma_us'] / f:>10.2f} "
                   + (f"{r['w4_mma_vs_dequant']:>8.1e}" if "w4_mma_vs_dequant" in r else f"{'-':>8}"))
+    wgr = [r for r in results["rows"] if "w4_wgmma_us" in r]
+    if wgr:
+        print("\nHopper wgmma path (us, median): wg = fused dequantize + wgmma GEMM (qgemm_wg, x gathered first); "
+              "/fp16 = our time / fp16 time")
+        print(f"{'K x N':>12} {'M':>4} {'fp16':>8} {'w4 auto':>8} {'w4 wg':>8} {'w4 mma':>8} {'w4 dq':>8} {'w3 wg':>8} "
+              f"{'wg/fp16':>8} {'w3wg/fp16':>9} {'dq/fp16':>8} {'wg err':>8}")
+        for r in wgr:
+            f = r["fp16_us"]
+            print(f"{r['K']:>5} x {r['N']:<5} {r['M']:>4} {f:>8.1f} {r['w4_us']:>8.1f} {r['w4_wgmma_us']:>8.1f} "
+                  f"{r['w4_mma_us']:>8.1f} {r['w4_dequant_us']:>8.1f} {r['w3_wgmma_us']:>8.1f} "
+                  f"{r['w4_wgmma_us'] / f:>8.2f} {r['w3_wgmma_us'] / f:>9.2f} {r['w4_dequant_us'] / f:>8.2f} "
+                  + (f"{r['w4_wgmma_vs_dequant']:>8.1e}" if "w4_wgmma_vs_dequant" in r else f"{'-':>8}"))
 
 
 if __name__ == "__main__":

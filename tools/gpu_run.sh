@@ -2,7 +2,8 @@
 # GPU checks and benchmarks of the CUDA kernels, in one go, on a machine with a CUDA GPU:
 #   install the repo (editable, no dependencies), compile the kernels (stops here when one fails
 #   to compile), run the gpu tests, then tools/bench_kernels.py (--sweep by default: M <= 8 kernel
-#   variants first; BENCH_ARGS=--mma-sweep times every qgemm_mma tile x split at M = 64 / 512), tools/bench_decode_gpu.py, tools/bench_ort_cuda.py (onnxruntime device="cuda"
+#   variants first; BENCH_ARGS=--mma-sweep / --wg-sweep times every qgemm_mma / qgemm_wg tile x split
+#   at M >= 64), tools/bench_decode_gpu.py, tools/bench_ort_cuda.py (onnxruntime device="cuda"
 #   vs "cpu").
 #
 #   bash tools/gpu_run.sh                     # everything
@@ -48,8 +49,10 @@ if ! "$PY" -c '
 import time
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import cuda_mma as km
+from gptq_export.kernels import cuda_wgmma as kw
 t = time.time()
-names = sorted(set(kc.common_kernel_names() + [n for n, _ in kc.sweep_kernel_names()] + km.kernel_names()))
+names = sorted(set(kc.common_kernel_names() + [n for n, _ in kc.sweep_kernel_names()] + km.kernel_names()
+                   + (kw.kernel_names() if kw.supported() else [])))
 kc.precompile(names)
 print(f"compiled {len(names)} kernels in {time.time() - t:.1f}s")
 ' 2>&1 | tee -a "$OUT/env.log"; then
@@ -97,6 +100,7 @@ echo "================ summary (status $status)"
 [ -f "$OUT/bench.log" ] && sed -n '/copy bandwidth (read/p' "$OUT/bench.log" && sed -n '/^.*: copy .* GB\/s, read/,$p' "$OUT/bench.log"
 [ -f "$OUT/bench.log" ] && sed -n '/^sweep (us/,/^$/p' "$OUT/bench.log"
 [ -f "$OUT/bench.log" ] && sed -n '/^mma sweep (us/,/^$/p' "$OUT/bench.log"
+[ -f "$OUT/bench.log" ] && sed -n '/^wgmma sweep (us/,/^$/p' "$OUT/bench.log"
 [ -f "$OUT/decode.log" ] && sed -n '/^Greedy decode/,$p' "$OUT/decode.log"
 [ -f "$OUT/ort.log" ] && sed -n '/^onnxruntime .*gptq custom op/,$p' "$OUT/ort.log"
 exit $status

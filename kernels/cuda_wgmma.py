@@ -1,0 +1,264 @@
+"""Launcher of the Hopper fused dequantize + wgmma GEMM for prefill (`qgemm_wg`, kernels/gptq_wgmma.cu).
+
+It reads the same GPU tile layout as the other kernels (`GpuLinear`, kernels/cuda.py): no extra
+copy of the weights. x goes through one gather first (`prep`, the `prep_x` kernel with the
+`wg_perm` index): the wgmma B operand is read by the tensor cores straight from shared memory, so
+x must already be in the order of the decoded A fragments ("wg order"), which also applies
+act-order and casts fp32 to fp16. The kernels need sm_90a (H100 / H200): `supported()` says
+whether the current device has it. They are compiled once per process (kernels.cuda.function,
+which adds ``-arch=sm_90a`` for these names) and run on the current CuPy stream.
+
+Tiles (``WgTile``): a block of NWG warpgroups, each with FW m64 tiles of outputs and BM tokens
+(one wgmma.m64n{BM}k16 per m64 tile and k-step); block tile BN = 64*FW*NWG outputs x BM tokens;
+CN > 1 groups CN blocks along the outputs into a cluster that loads each x stage once (multicast).
+x is prepared once per call (`prep`: [Kp/8, padded_rows(M), 8], chunk rows contiguous) so that
+every stage is a handful of 1-D bulk copies (TMA).
+``split`` > 1 splits K' over blockIdx.z into an fp32 workspace that `mma_reduce` adds in a fixed
+order (deterministic), as for `qgemm_mma`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cuda as kc
+
+SMEM_LIMIT = 225 * 1024  # dynamic shared memory per block we allow (an H100 block may take 227 KB)
+MAX_STAGES = 6
+MIN_STAGES = 3  # the pipeline loads unit it + STAGES - 2 while unit it computes
+UNIT = kc.UNIT
+
+
+@dataclass(frozen=True)
+class WgTile:
+    fw: int  # m64 output tiles per warpgroup
+    bm: int  # tokens per block (the wgmma N: 64, 128 or 256)
+    cn: int = 1  # CTAs per cluster along N (they share each x stage through multicast)
+    nwg: int = 2  # warpgroups per block
+
+    @property
+    def bn(self) -> int:
+        return 64 * self.fw * self.nwg
+
+    @property
+    def threads(self) -> int:
+        return 128 * self.nwg
+
+    @property
+    def label(self) -> str:
+        return f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "")
+
+
+#: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
+#: cN = clusters of N blocks along the outputs sharing x).
+TILES = {t.label: t for t in (
+    WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64),
+    WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
+)}
+
+
+def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:
+    ngu = 8 // gstc if gstc < 8 else 1
+    head = (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4 + ngu * tile.bn * 4
+    return -(-head // 128) * 128 + 16 * tile.bm * 16
+
+
+def stages_for(bits: int, gstc: int, tile: WgTile) -> int:
+    st = min(MAX_STAGES, SMEM_LIMIT // stage_bytes(bits, gstc, tile))
+    if st < MIN_STAGES:
+        raise ValueError(f"tile {tile.label} does not fit shared memory with {bits} bits")
+    return st
+
+
+def fits(bits: int, gstc: int, tile: WgTile) -> bool:
+    """Whether MIN_STAGES stages of the tile fit shared memory (128 x 256 does not at 8 bits)."""
+    return SMEM_LIMIT // stage_bytes(bits, gstc, tile) >= MIN_STAGES
+
+
+def smem_bytes(bits: int, gstc: int, tile: WgTile) -> int:
+    return stages_for(bits, gstc, tile) * stage_bytes(bits, gstc, tile)
+
+
+def kernel_name(bits: int, gstc: int, tile: WgTile) -> str:
+    t = tile
+    return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{stages_for(bits, gstc, t)}>"
+
+
+def kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), tiles=None) -> list[str]:
+    """Kernels of the tests and benchmarks (for kernels.cuda.precompile)."""
+    tiles = tiles or list(TILES.values())
+    return sorted({kernel_name(b, g, t) for b in bits for g in gstcs for t in tiles if fits(b, g, t)})
+
+
+def supported() -> bool:
+    """Whether the current CuPy device runs sm_90a code (compute capability 9.0: H100, H200)."""
+    cp = kc._cupy()
+    return cp.cuda.Device().compute_capability == "90"
+
+
+def available() -> bool:
+    """`supported()`, False where CuPy or a CUDA device is missing (for the auto dispatch)."""
+    try:
+        return supported()
+    except Exception:  # ImportError, CUDARuntimeError without a driver or device
+        return False
+
+
+_SMEM_SET: set[tuple[int, str]] = set()
+
+
+def function(bits: int, gstc: int, tile: WgTile):
+    """The compiled kernel, with its dynamic shared-memory limit raised (once per process)."""
+    name = kernel_name(bits, gstc, tile)
+    fn = kc.function(name)
+    key = (kc._cupy().cuda.runtime.getDevice(), name)
+    if key not in _SMEM_SET:
+        fn.max_dynamic_shared_size_bytes = smem_bytes(bits, gstc, tile)
+        _SMEM_SET.add(key)
+    return fn
+
+
+def wg_perm_numpy(lay: kc.TileLayout) -> np.ndarray:
+    """int32 [Kp]: original column of x at each position of the wg order (-1: padding).
+
+    Position q = u*128 + 16*ts + 8*jh + e holds the K' position of A-fragment element (k-step ts,
+    pair 2*jh, lane t = e // 2, half e % 2) of unit u: u*128 + (ts // TS)*S + t*(S/4) +
+    (ts % TS)*4 + 2*jh + e % 2 (the tc layout's formula, kernels/cuda.py docstring)."""
+    S = lay.span
+    TS = S // 16
+    q = np.arange(lay.Kp)
+    u, r = q // UNIT, q % UNIT
+    ts, jh, e = r // 16, (r // 8) % 2, r % 8
+    kp = u * UNIT + (ts // TS) * S + (e // 2) * (S // 4) + (ts % TS) * 4 + 2 * jh + e % 2
+    return lay.perm[kp].astype(np.int32)
+
+
+def wg_perm(layer: kc.GpuLinear):
+    """`wg_perm_numpy` on the layer's device (uploaded once, kept on the layer)."""
+    if layer.wgperm is None:
+        layer.wgperm = kc._cupy().asarray(wg_perm_numpy(layer.layout))
+    return layer.wgperm
+
+
+ROW_ALIGN = 256  # rows of the prepared x: a multiple of every tile's BM
+
+
+def padded_rows(M: int) -> int:
+    return -(-M // ROW_ALIGN) * ROW_ALIGN
+
+
+def xbuf_size(layer: kc.GpuLinear, M: int) -> int:
+    """fp16 elements of the prepared x (`prep`) for M rows."""
+    return padded_rows(M) * layer.layout.Kp
+
+
+def prep(x2, layer: kc.GpuLinear, out=None):
+    """x [M, K] (fp16 or fp32, C-contiguous rows) -> xw fp16 [Kp/8, padded_rows(M), 8] in wg order
+    (zeros at padding and in rows >= M). `out`: a C-contiguous CuPy fp16 array of `xbuf_size`
+    elements (any shape), or None."""
+    cp = kc._cupy()
+    lay = layer.layout
+    M = x2.shape[0]
+    Mp = padded_rows(M)
+    if out is None:
+        out = cp.empty(Mp * lay.Kp, dtype=cp.float16)
+    elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float16 or out.size != Mp * lay.Kp
+          or not out.flags.c_contiguous):
+        raise ValueError(f"the x buffer must be a C-contiguous CuPy float16 array of {Mp * lay.Kp} elements")
+    out = out.reshape(lay.Kp // 8, Mp, 8)
+    chunks = (lay.Kp // 8) * Mp
+    if chunks:
+        kc.function("prep_xwg")(
+            (-(-chunks // kc.THREADS),), (kc.THREADS,),
+            (x2, np.int32(lay.K), np.int32(x2.dtype == cp.float32), wg_perm(layer), out, np.int32(M), np.int32(Mp),
+             np.int32(lay.Kp)),
+        )
+    return out
+
+
+def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
+    """(tile, split) for M rows, from the tile x split sweep on an H100 (tools/bench_kernels.py
+    --wg-sweep): 256 x 128 blocks up to 128 rows; above, 128 x 256 blocks in clusters of 4 where
+    they make at least a wave, else of 2 (128 x 128 where those do not fit); K' split so that the grid covers the SMs about once,
+    with >= 4 units per split."""
+    from .cuda_mma import sm_count
+
+    lay = layer.layout
+    sms = sm_count()
+
+    def blocks(t: WgTile) -> int:
+        return -(-lay.Np // (t.bn * t.cn)) * t.cn * -(-M // t.bm)
+
+    if M <= 128:
+        tile = TILES["256x128"]
+    else:
+        tile = TILES["128x256c4"] if blocks(TILES["128x256c4"]) >= sms else TILES["128x256c2"]
+        if not fits(lay.bits, lay.gstc, tile):  # 8 bits, or 4 bits with groups of 16
+            tile = TILES["128x128"]
+    split = max(1, min(8, sms // blocks(tile), lay.nu // 4))
+    return tile, split
+
+
+def wg_matmul(x2, layer: kc.GpuLinear, bias, out, *, tile: WgTile | str | None = None, split: int | None = None,
+              ws=None, xbuf=None):
+    """out[M, N] = x2[M, K] @ W + bias (x2: CuPy fp16/fp32 [M, K], C-contiguous); returns out."""
+    if isinstance(tile, str):
+        tile = TILES[tile]
+    if tile is None or split is None:
+        t0, s0 = default_plan(layer, x2.shape[0])
+        tile, split = tile or t0, split or s0
+    xw = prep(x2, layer, xbuf)
+    return run(xw, x2.shape[0], layer, bias, out, tile, split, ws)
+
+
+def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws=None, *, lbo: int | None = None,
+        sbo: int | None = None):
+    """Launch qgemm_wg (+ mma_reduce when split > 1) for M rows.
+
+    xw:   CuPy fp16 [Kp/8, padded_rows(M), 8] in wg order (`prep`), C-contiguous, 16-byte aligned.
+    bias: CuPy fp32 [N] or None.   out: CuPy fp16 or fp32 with M*N elements, C-contiguous (written whole).
+    ws:   optional CuPy fp32 buffer of >= split*M*N elements (split > 1; allocated when None).
+    lbo / sbo: shared-memory descriptor offsets (tests of the layout only; default BM*16 / 128).
+    """
+    cp = kc._cupy()
+    lay = layer.layout
+    Mp = padded_rows(M)
+    if (xw.dtype != cp.float16 or xw.shape != (lay.Kp // 8, Mp, 8) or not xw.flags.c_contiguous
+            or xw.data.ptr % 16):
+        raise ValueError(f"x must be C-contiguous 16-byte aligned fp16 {(lay.Kp // 8, Mp, 8)} in wg order (prep)")
+    if out.dtype not in (cp.float16, cp.float32) or out.size != M * lay.N or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous fp16/fp32 with {M} x {lay.N} elements")
+    if bias is not None and (bias.dtype != cp.float32 or bias.shape != (lay.N,)):
+        raise ValueError(f"bias must be fp32 [{lay.N}]")
+    if not 1 <= split <= 64:
+        raise ValueError(f"split must be in [1, 64], got {split}")
+    if not supported():
+        raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
+    if M == 0:
+        return out
+    y_f32 = np.int32(out.dtype == cp.float32)
+    if split > 1:
+        if ws is None:
+            ws = cp.empty(split * M * lay.N, dtype=cp.float32)
+        elif ws.dtype != cp.float32 or ws.size < split * M * lay.N or not ws.flags.c_contiguous:
+            raise ValueError(f"ws must be a C-contiguous fp32 buffer of >= {split * M * lay.N} elements")
+    i32 = np.int32
+    null = np.uint64(0)
+    grid = (-(-lay.Np // (tile.bn * tile.cn)) * tile.cn, -(-M // tile.bm), split)
+    function(lay.bits, lay.gstc, tile)(
+        grid, (tile.threads,),
+        (xw, i32(Mp), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
+         out, y_f32, ws if split > 1 else null, i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(lay.upg),
+         i32(split), i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo)),
+        shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
+    )
+    if split > 1:
+        from .cuda_mma import sm_count
+
+        total = M * lay.N
+        blocks = max(1, min(-(-total // 256), 8 * sm_count()))
+        kc.function("mma_reduce")((blocks,), (256,), (ws, i32(split), bias if bias is not None else null, out,
+                                                       y_f32, i32(M), i32(lay.N)))
+    return out

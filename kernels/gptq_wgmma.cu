@@ -1,0 +1,348 @@
+// Fused dequantize + wgmma GEMM for prefill on Hopper (sm_90a), reading the same GPU tile layout
+// ("tc" layout, kernels/cuda.py docstring) as the other kernels. Compiled as its own module
+// (gptq_cuda.cu + gptq_cuda_repack.cu + gptq_mma.cu + this file, with -arch=sm_90a): it uses their
+// helpers (Fmt, magic_pair, hsub2, hmul2, prmt, f2h, smem_u32, ...).
+//
+// qgemm_wg<BITS, GSTC, FW, BM, NWG, CN, STAGES>: y[M, N] = x[M, K] @ W (+ bias)
+//   Orientation as in qgemm_mma: W^T (rows = outputs) is the A operand, decoded in registers from
+//   the packed words (wgmma's register-A fragment of a warp is mma.m16n8k16's A fragment, so each
+//   warp decodes its 16-output n-tile exactly as qgemm_mma does); x^T (BM tokens x k16) is the B
+//   operand, read by the tensor cores from shared memory (K-major, no swizzle).
+//   Block: NWG warpgroups; warpgroup wg owns FW m64 tiles (64 outputs each) x BM tokens, with FW
+//   wgmma.m64n{BM}k16 per k-step. Block tile BN = 64*FW*NWG outputs x BM tokens. K' is walked one
+//   unit (128 positions = 8 k-steps) per pipeline stage. Stages are filled by 1-D bulk copies (the
+//   TMA engine, issued by warp 0's lanes) completing on one mbarrier per stage; the stage of unit
+//   it+STAGES-2 is issued while unit it computes: the barrier at the top of unit it follows every
+//   warpgroup's wgmma.wait_group 1 at the end of unit it-1, so the slot of unit it-2 is free.
+//   Stage: W (BN/16 blocks of 32*WPU words, verbatim), SZ (NGU rows of BN sz words), X: 16 chunks
+//   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
+//   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
+//   bytes apart; the launcher passes these as sbo / lbo).
+//   x is prepared by prep_xwg (kernels/cuda_wgmma.py `prep`) as xw[Kp/8][Mp][8] fp16 in "wg
+//   order": 16-byte chunk p of unit u (row u*16 + p) holds, at element e, the K' position of
+//   A-fragment element (k-step ts = p/2, pair 2*jh, lane t = e/2, half e%2), so that B's k index
+//   matches the decoded A; rows m >= M are zeros, Mp is a multiple of BM.
+//   CN > 1: clusters of CN CTAs along N share each X stage (one multicast bulk copy per chunk, the
+//   chunks spread over the CTAs); a slot is refilled only after every CTA of the cluster released
+//   it (per-slot "empty" mbarriers, arrived on remotely). The grid's x is a multiple of CN; CTAs
+//   past N' only help load X.
+//   split > 1: blockIdx.z takes the units [NU*z/split, NU*(z+1)/split) and writes fp32 partials to
+//   ws[z][M][N] (mma_reduce adds them in z order, adds bias and casts).
+//
+// xw: as above, 16-byte aligned. qw, sz: the tc layout; upg: units per group (GSTC == 8).
+// bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
+// lbo / sbo: descriptor byte offsets (BM*16 and 128).
+// Grid: (ceil(Np / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG threads;
+// dynamic shared memory: STAGES * WgCfg::STAGE_BYTES (128-byte aligned stages).
+
+template <int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const u32 (&a)[4], u64 desc, int scale_d);
+
+template <>
+__device__ __forceinline__ void wgmma_rs<64>(float (&d)[32], const u32 (&a)[4], u64 desc, int scale_d) {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %37, 0;\n\t"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n\t}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<128>(float (&d)[64], const u32 (&a)[4], u64 desc, int scale_d) {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %69, 0;\n\t"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n\t}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+template <>
+__device__ __forceinline__ void wgmma_rs<256>(float (&d)[128], const u32 (&a)[4], u64 desc, int scale_d) {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %133, 0;\n\t"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;\n\t}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(scale_d));
+}
+
+
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// Orders the compiler's view of accumulator registers around asynchronous wgmma (as CUTLASS's
+// warpgroup_fence_operand).
+template <int R>
+__device__ __forceinline__ void fence_regs(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor (no swizzle): start address, leading (K) and stride (8-row)
+// byte offsets, each in units of 16 bytes.
+__device__ __forceinline__ u64 wg_desc(u32 addr, int lbo, int sbo) {
+    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)((lbo >> 4) & 0x3FFF) << 16) | ((u64)((sbo >> 4) & 0x3FFF) << 32);
+}
+
+template <int BITS, int GSTC, int FW, int BM, int NWG>
+struct WgCfg {
+    static constexpr int WPU = Fmt<BITS>::WPU;
+    static constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
+    static constexpr int S = GSTC < 8 ? 16 * GSTC : 128;
+    static constexpr int NTHREADS = 128 * NWG;
+    static constexpr int BN = 64 * FW * NWG;
+    static constexpr int W_BYTES = (BN / 16) * 32 * WPU * 4;
+    static constexpr int SZ_BYTES = NGU * BN * 4;
+    static constexpr int X_OFF = (W_BYTES + SZ_BYTES + 127) / 128 * 128;
+    static constexpr int X_BYTES = 16 * BM * 16;
+    static constexpr int STAGE_BYTES = X_OFF + X_BYTES;
+};
+
+// mbarrier (one per stage, count 1: the expect_tx arrival) and 1-D bulk copies (TMA engine).
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n\t.reg .pred P1;\n"
+        "WAIT:\n\t"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n\t"
+        "@!P1 bra WAIT;\n\t}\n" ::"r"(bar),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+// The same bulk copy written to the same shared-memory offset (and its mbarrier signalled at the
+// same offset) in every CTA of the cluster named by `mask`.
+__device__ __forceinline__ void bulk_g2s_multicast(u32 dst, const void* src, u32 bytes, u32 bar, u16 mask) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], "
+        "%4;\n" ::"r"(dst),
+        "l"(src), "r"(bytes), "r"(bar), "h"(mask)
+        : "memory");
+}
+// Arrive (release, cluster scope) on the mbarrier at this CTA's shared address `bar` in CTA `cta` of the cluster.
+__device__ __forceinline__ void mbar_arrive_remote(u32 bar, u32 cta) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(cta));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+// Orders this thread's earlier generic-proxy shared-memory accesses before later async-proxy ones
+// (bulk copies into a slot that was read with ordinary loads).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Stage of unit u, issued by the lanes of one warp as bulk copies completing on `bar`:
+// W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows).
+// N-tiles >= Np/16 are not copied (their A rows are garbage; those outputs are not written).
+// With a cluster of CN CTAs along N (CN > 1), all of which share m0 and the units, CTA `rank`
+// copies X chunks p = rank, rank + CN, ... to every CTA of the cluster (multicast); each CTA's
+// barrier expects its own W and SZ plus all 16 X chunks.
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN>
+__device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp,
+                                               const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int NU,
+                                               int upg, int nt0, int m0, int lane, u32 rank) {
+    using C = WgCfg<BITS, GSTC, FW, BM, NWG>;
+    constexpr int NB = C::BN / 16, WB = 32 * C::WPU * 4, NX = 16 / CN;
+    const int ntv = max(0, min(NB, Np / 16 - nt0));
+    const u32 szb = ntv * 64;
+    if (lane == 0) mbar_expect_tx(bar, ntv * WB + (ntv ? C::NGU * szb : 0) + 16 * BM * 16);
+    __syncwarp();
+    for (int j = lane; j < NB + C::NGU + NX; j += 32) {
+        if (j < NB) {
+            if (j < ntv) bulk_g2s(s_st + j * WB, qw + ((size_t)(nt0 + j) * NU + u) * (32 * C::WPU), WB, bar);
+        } else if (j < NB + C::NGU) {
+            const int gi = j - NB;
+            const int grp = GSTC < 8 ? u * C::NGU + gi : u / upg;
+            if (ntv) bulk_g2s(s_st + C::W_BYTES + gi * C::BN * 4, sz + (size_t)grp * Np + nt0 * 16, szb, bar);
+        } else {
+            const int p = (j - NB - C::NGU) * CN + (int)rank;
+            const u16* src = xw + ((size_t)(u * 16 + p) * Mp + m0) * 8;
+            if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF + p * BM * 16, src, BM * 16, bar);
+            else bulk_g2s_multicast(s_st + C::X_OFF + p * BM * 16, src, BM * 16, bar, (u16)((1u << CN) - 1u));
+        }
+    }
+}
+
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int STAGES>
+__global__ void __launch_bounds__(128 * NWG, 1) __cluster_dims__(CN, 1, 1)
+qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u32* __restrict__ sz,
+         const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
+         int Np, int NU, int upg, int split, int lbo, int sbo) {
+    using C = WgCfg<BITS, GSTC, FW, BM, NWG>;
+    static_assert(STAGES >= 3, "the pipeline loads unit it + STAGES - 2 while unit it computes");
+    extern __shared__ uint4 wg_smem[];
+    __shared__ __align__(8) u64 full[STAGES], empty[STAGES];
+    unsigned char* smem = reinterpret_cast<unsigned char*>(wg_smem);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int wg = warp >> 2, wq = warp & 3;
+    const int g = lane >> 2, t = lane & 3;
+    const int nt0 = blockIdx.x * (C::BN / 16), m0 = blockIdx.y * BM;
+    const int z = blockIdx.z;
+    const int u_begin = (int)((long long)NU * z / split), u_end = (int)((long long)NU * (z + 1) / split);
+    const int iters = u_end - u_begin;
+
+    float acc[FW][BM / 2];
+#pragma unroll
+    for (int f = 0; f < FW; ++f)
+#pragma unroll
+        for (int e = 0; e < BM / 2; ++e) acc[f][e] = 0.f;
+#pragma unroll
+    for (int f = 0; f < FW; ++f) fence_regs(acc[f]);
+
+    const u32 s_smem = smem_u32(smem), s_full = smem_u32(full), s_empty = smem_u32(empty);
+    const u32 rank = CN > 1 ? cluster_ctarank() : 0u;
+    if (threadIdx.x == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(s_full + 8 * s, 1);
+            mbar_init(s_empty + 8 * s, CN);  // one release per CTA of the cluster
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    if constexpr (CN > 1) cluster_sync_all();  // barriers initialised before any CTA signals them
+    else __syncthreads();
+    if (warp == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES - 2; ++s)
+            if (s < iters)
+                wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u_begin + s,
+                                                            xw, Mp, qw, sz, Np, NU, upg, nt0, m0, lane, rank);
+    }
+    for (int it = 0; it < iters; ++it) {
+        fence_proxy_async();  // this thread's reads of unit it - 2's slot, before the bulk copies into it
+        __syncthreads();
+        // unit it - 2 is done in this CTA: release its slot in every CTA of the cluster
+        // (CN = 1: the barrier above is enough)
+        if (CN > 1 && it >= 2 && threadIdx.x < CN) mbar_arrive_remote(s_empty + 8 * ((it - 2) % STAGES), threadIdx.x);
+        {
+            const int nx = it + STAGES - 2;
+            if (warp == 0 && nx < iters) {
+                if (CN > 1 && nx >= STAGES) mbar_wait(s_empty + 8 * (nx % STAGES), ((nx / STAGES) - 1) & 1);
+                wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN>(s_smem + (nx % STAGES) * C::STAGE_BYTES,
+                                                            s_full + 8 * (nx % STAGES), u_begin + nx, xw, Mp, qw, sz,
+                                                            Np, NU, upg, nt0, m0, lane, rank);
+            }
+        }
+        mbar_wait(s_full + 8 * (it % STAGES), (it / STAGES) & 1);
+        const unsigned char* st = smem + (it % STAGES) * C::STAGE_BYTES;
+        const u32* sw = reinterpret_cast<const u32*>(st);
+        const u32* ssz = reinterpret_cast<const u32*>(st + C::W_BYTES);
+        const u32 s_x = smem_u32(st + C::X_OFF);
+        u32 w[FW][C::WPU];
+#pragma unroll
+        for (int f = 0; f < FW; ++f) {
+            const u32* base = sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU);
+            if constexpr (BITS == 3) {
+                const uint4 v = *reinterpret_cast<const uint4*>(base + lane * 4);
+                const uint2 h = *reinterpret_cast<const uint2*>(base + 128 + lane * 2);
+                w[f][0] = v.x; w[f][1] = v.y; w[f][2] = v.z; w[f][3] = v.w; w[f][4] = h.x; w[f][5] = h.y;
+            } else {
+#pragma unroll
+                for (int c = 0; c < C::WPU / 4; ++c) {
+                    const uint4 v = *reinterpret_cast<const uint4*>(base + c * 128 + lane * 4);
+                    w[f][4 * c] = v.x; w[f][4 * c + 1] = v.y; w[f][4 * c + 2] = v.z; w[f][4 * c + 3] = v.w;
+                }
+            }
+        }
+        u32 zz[FW][2], sc[FW][2];
+#pragma unroll
+        for (int ts = 0; ts < 8; ++ts) {
+            if (ts % GSTC == 0 || ts == 0) {  // group of this k-step (compile-time condition)
+                const int gi = GSTC < 8 ? ts / GSTC : 0;
+#pragma unroll
+                for (int f = 0; f < FW; ++f) {
+                    const int row = ((wg * FW + f) * 4 + wq) * 16 + g;
+                    const u32 s0 = ssz[gi * C::BN + row], s1 = ssz[gi * C::BN + row + 8];
+                    zz[f][0] = prmt(s0, 0x3232u); zz[f][1] = prmt(s1, 0x3232u);
+                    sc[f][0] = prmt(s0, 0x1010u); sc[f][1] = prmt(s1, 0x1010u);
+                }
+            }
+            u32 a[FW][4];
+#pragma unroll
+            for (int f = 0; f < FW; ++f)
+#pragma unroll
+                for (int pr = 0; pr < 4; ++pr)
+                    a[f][pr] = hmul2(hsub2(magic_pair<BITS>(w[f], ts, pr), zz[f][pr & 1]), sc[f][pr & 1]);
+            const u64 desc = wg_desc(s_x + ts * (2 * BM * 16), lbo, sbo);
+            wg_fence();
+#pragma unroll
+            for (int f = 0; f < FW; ++f) wgmma_rs<BM>(acc[f], a[f], desc, 1);
+            wg_commit();
+            wg_wait<1>();
+        }
+    }
+    wg_wait<0>();
+#pragma unroll
+    for (int f = 0; f < FW; ++f) fence_regs(acc[f]);
+
+    // epilogue: acc[f][4i + e] = (output row 16*wq + g + 8*(e >> 1) of m64 tile (wg, f), token 8i + 2t + (e & 1))
+#pragma unroll
+    for (int f = 0; f < FW; ++f) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int n = (nt0 + (wg * FW + f) * 4 + wq) * 16 + g + 8 * (e >> 1);
+            if (n >= N) continue;
+            const float bn = (split == 1 && bias != nullptr) ? bias[n] : 0.f;
+#pragma unroll
+            for (int i = 0; i < BM / 8; ++i) {
+                const int m = m0 + 8 * i + 2 * t + (e & 1);
+                if (m >= M) continue;
+                const float v = acc[f][4 * i + e];
+                if (split > 1) ws[((size_t)z * M + m) * N + n] = v;
+                else if (y_f32) reinterpret_cast<float*>(y)[(size_t)m * N + n] = v + bn;
+                else reinterpret_cast<u16*>(y)[(size_t)m * N + n] = f2h(v + bn);
+            }
+        }
+    }
+    if constexpr (CN > 1) cluster_sync_all();  // no CTA exits while others may still signal it
+}

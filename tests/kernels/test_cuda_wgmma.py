@@ -1,0 +1,238 @@
+"""Hopper fused dequantize + wgmma GEMM for prefill (kernels/gptq_wgmma.cu, kernels/cuda_wgmma.py).
+
+GPU tests (gpu marker; skipped cleanly without CuPy / a CUDA device, and on GPUs other than sm_90)
+compare against a float64 NumPy reference built with kernels/reference.py, on fresh random data
+(seed in each failure message), outputs poisoned with NaN before every run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import test_cuda
+from test_cuda import fresh_seed, random_layer, rel_err
+from test_cuda_mma import CASES
+
+from gptq_export.kernels import cuda as kc
+from gptq_export.kernels import cuda_wgmma as kw
+from gptq_export.kernels.reference import quant_matmul
+
+BITS = (2, 3, 4, 8)
+TOL = 2e-3  # as qgemm_mma: fp16 activations and weights, fp32 sums
+MS = (1, 17, 64, 100, 130, 512)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU
+
+
+def test_wgmma_source_and_names():
+    assert "qgemm_wg" not in kc.source() and "qgemm_wg" in kc.source(wgmma=True)
+    t = kw.TILES["128x128"]
+    assert (t.bn, t.bm, t.threads) == (128, 128, 256)
+    assert kw.kernel_name(4, 8, t) == f"qgemm_wg<4,8,1,128,2,1,{kw.stages_for(4, 8, t)}>"
+    assert kw.TILES["128x128c2"].cn == 2 and kw.TILES["128x128c2"].bn == 128
+    assert kw.TILES["256x128"].bn == 256 and kw.TILES["128x256"].bm == 256
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("gstc", (1, 2, 4, 8))
+def test_wgmma_tiles_fit_shared_memory(bits, gstc):
+    for tile in kw.TILES.values():
+        if not kw.fits(bits, gstc, tile):
+            assert tile.bm == 256  # only the widest tile may not fit (8 bits, or 8 groups per unit)
+            with pytest.raises(ValueError, match="does not fit"):
+                kw.stages_for(bits, gstc, tile)
+            continue
+        assert kw.MIN_STAGES <= kw.stages_for(bits, gstc, tile) <= kw.MAX_STAGES
+        assert kw.smem_bytes(bits, gstc, tile) <= kw.SMEM_LIMIT
+        assert kw.stage_bytes(bits, gstc, tile) % 128 == 0  # stages stay 128-byte aligned
+    assert kw.fits(bits, gstc, kw.TILES["128x128"])
+
+
+@pytest.mark.parametrize("group", (16, 32, 64, 128, 256))
+@pytest.mark.parametrize("act_order", (False, True))
+def test_wg_perm_is_the_fragment_order(group, act_order):
+    """wg order holds every K' position once; chunk p = 2*ts + jh of a unit holds, at element e,
+    the K' position of lane e // 2's pair 2*jh (half e % 2) of k-step ts (the tc formula)."""
+    rng = np.random.default_rng(0)
+    K = 300
+    g_idx = np.arange(K) // group
+    if act_order:
+        g_idx = rng.permutation(g_idx)
+    lay = kc.plan_layout(g_idx, 4, K, 64, int(g_idx.max()) + 1)
+    wp = kw.wg_perm_numpy(lay)
+    assert wp.dtype == np.int32 and wp.shape == (lay.Kp,)
+    assert sorted(wp[wp >= 0].tolist()) == list(range(K)) and (wp < 0).sum() == (lay.perm < 0).sum()
+    S, TS = lay.span, lay.span // 16
+    for u in range(lay.nu):
+        for ts in range(8):
+            for jh in range(2):
+                for e in range(8):
+                    t, h = divmod(e, 2)
+                    kp = u * 128 + (ts // TS) * S + t * (S // 4) + (ts % TS) * 4 + 2 * jh + h
+                    assert wp[u * 128 + 16 * ts + 8 * jh + e] == lay.perm[kp]
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU
+
+cp = test_cuda.cp  # the shared CuPy fixture (skips without CUDA)
+
+
+@pytest.fixture(scope="module")
+def hopper(cp):
+    if not kw.supported():
+        pytest.skip(f"the wgmma kernel needs an sm_90 GPU, this one is sm_{cp.cuda.Device().compute_capability}")
+    return cp
+
+
+def _run(cp, gl, x, bias, **kw_):
+    out = cp.full((*x.shape[:-1], gl.layout.N), np.nan, dtype=x.dtype)
+    res = kc.quant_matmul(x, gl, bias, out, **kw_)
+    assert res is out
+    got = cp.asnumpy(out)
+    assert np.isfinite(got).all(), "unwritten (NaN) outputs"
+    return got
+
+
+def _plans(bits, gstc):
+    labels = [lb for lb, t in kw.TILES.items() if kw.fits(bits, gstc, t)]
+    if bits not in (3, 4):
+        labels = labels[:2]
+    return [(lb, s) for lb in labels for s in (1, 3)] + [(None, None)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("M", MS)
+def test_gpu_wgmma_matches_float64_reference(hopper, bits, case, M):
+    cp = hopper
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N, group, act = case
+    layer = random_layer(rng, bits, K, N, group, act)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    x = rng.standard_normal((M, K)).astype(np.float16)
+    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
+    ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
+    xd = cp.asarray(x)
+    bd = cp.asarray(bias) if bias is not None else None
+    for tile, split in _plans(bits, gl.layout.gstc):
+        got = _run(cp, gl, xd, bd, path="wgmma", tile=tile, split=split)
+        assert got.dtype == np.float16 and got.shape == (M, N)
+        assert rel_err(got, ref) <= TOL, f"tile {tile} split {split} seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6]])
+def test_gpu_wgmma_fp32_and_misaligned_x(hopper, bits, case):
+    """fp32 x / output and x at a 2-byte offset (prep gathers and casts), leading dims flattened."""
+    cp = hopper
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N, group, act = case
+    layer = random_layer(rng, bits, K, N, group, act)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    bias = rng.standard_normal(N).astype(np.float32)
+    for dtype in ("float32", "float16"):
+        buf = cp.asarray(rng.standard_normal(2 * 150 * K + 1).astype(dtype))
+        x = buf[1:].reshape(2, 150, K)
+        ref = quant_matmul(cp.asnumpy(x).astype(np.float64), *layer, bias, bits, K, N)
+        for split in (1, 2):
+            got = _run(cp, gl, x, cp.asarray(bias), path="wgmma", tile="128x128", split=split)
+            assert got.dtype == np.dtype(dtype) and got.shape == (2, 150, N)
+            assert rel_err(got, ref) <= TOL, f"{dtype} split {split} seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+def test_gpu_wgmma_equals_mma_path_and_is_deterministic(hopper, bits):
+    """The same fp16 weights as qgemm_mma and dequantize + cuBLAS (near-equal outputs); repeated
+    runs with a split K' (fixed-order reduction) are bit-identical."""
+    cp = hopper
+    rng = np.random.default_rng()
+    K, N = 2048, 384
+    layer = random_layer(rng, bits, K, N, 128, True)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    x = cp.asarray(rng.standard_normal((300, K)).astype(np.float16))
+    a = cp.asnumpy(kc.quant_matmul(x, gl, path="dequant")).astype(np.float64)
+    assert rel_err(cp.asnumpy(kc.quant_matmul(x, gl, path="mma")), a) < 1e-3
+    for tile in kw.TILES:
+        first = cp.asnumpy(kc.quant_matmul(x, gl, path="wgmma", tile=tile, split=4))
+        assert rel_err(first, a) < 1e-3
+        for _ in range(2):
+            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, path="wgmma", tile=tile, split=4)),
+                                          first)
+
+
+@pytest.mark.gpu
+def test_gpu_wgmma_rejects_bad_arguments(hopper):
+    cp = hopper
+    rng = np.random.default_rng()
+    layer = random_layer(rng, 4, 256, 64, 128, False)
+    gl = kc.GpuLinear.from_packed(*layer, 4, 256, 64)
+    x = cp.zeros((40, 256), cp.float16)
+    with pytest.raises(ValueError, match="split"):
+        kc.quant_matmul(x, gl, path="wgmma", tile="128x128", split=-1)
+    with pytest.raises(ValueError, match="ws"):
+        kc.quant_matmul(x, gl, path="wgmma", tile="128x128", split=2, ws=cp.zeros(10, cp.float32))
+    with pytest.raises(ValueError, match="x must be"):
+        kw.run(x, 40, gl, None, cp.zeros((40, 64), cp.float16), kw.TILES["128x128"], 1)
+    with pytest.raises(ValueError, match="x buffer"):
+        kw.prep(x, gl, cp.zeros(kw.xbuf_size(gl, 40) - 8, cp.float16))
+    xw = kw.prep(x, gl)
+    assert xw.shape == (gl.layout.Kp // 8, kw.padded_rows(40), 8)
+    assert not cp.asnumpy(xw[:, 40:]).any()  # rows >= M are zeros
+
+
+@pytest.mark.gpu
+def test_gpu_wgmma_through_the_torch_front_end(hopper):
+    """torch_cuda.linear(path="wgmma") (buffers from PyTorch's allocator) equals path="dequant"."""
+    torch = pytest.importorskip("torch")
+    from gptq_export.kernels import torch_cuda as tc
+
+    rng = np.random.default_rng()
+    K, N = 1000, 200
+    layer = random_layer(rng, 4, K, N, 128, True)
+    dev = torch.device("cuda")
+    tensors = [torch.as_tensor(a).to(dev) for a in layer]
+    gl = tc.gpu_linear(*tensors, 4, K, N, dev)
+    x = torch.randn(3, 100, K, device=dev, dtype=torch.float16)
+    bias = torch.randn(N, device=dev, dtype=torch.float32)
+    a = tc.linear(x, gl, bias, path="dequant").double().cpu().numpy()
+    b = tc.linear(x, gl, bias, path="wgmma")
+    assert b.shape == (3, 100, N) and b.dtype == torch.float16
+    assert rel_err(b.double().cpu().numpy(), a) < 1e-3
+
+
+def test_auto_dispatch_picks_wgmma_only_on_hopper(monkeypatch):
+    def layer(bits, K, N):
+        return kc.GpuLinear(kc.plan_layout(np.arange(K) // 128, bits, K, N, -(-K // 128)), None, None, None)
+
+    big, small = layer(4, 8192, 8192), layer(4, 4096, 4096)
+    monkeypatch.setattr(kw, "available", lambda: True)
+    for M in (kc.WG_MIN_M, kc.WG_MAX_M):
+        assert kc.auto_path(big, M) == "wgmma" and kc.auto_path(layer(3, 4096, 11008), M) == "wgmma"
+        assert kc.auto_path(small, M) != "wgmma" and kc.auto_path(layer(8, 8192, 8192), M) == "dequant"
+    assert kc.auto_path(big, kc.WG_MIN_M - 1) == "mma" and kc.auto_path(big, kc.WG_MAX_M + 1) == "dequant"
+    monkeypatch.setattr(kw, "available", lambda: False)
+    assert kc.auto_path(big, 128) == "mma" and kc.auto_path(big, 256) == "dequant"
+
+
+def test_default_plan_covers_the_gpu(monkeypatch):
+    from gptq_export.kernels import cuda_mma
+
+    monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
+    for K, N, M, label, split in ((8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
+                                  (8192, 28672, 256, "128x256c4", 1), (8192, 8192, 256, "128x256c2", 2)):
+        lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, K // 128)
+        tile, sp = kw.default_plan(kc.GpuLinear(lay, None, None, None), M)
+        assert (tile.label, sp) == (label, split), (K, N, M)
+    for bits, group in ((8, 128), (4, 16), (2, 16)):  # every default tile fits shared memory
+        lay = kc.plan_layout(np.arange(8192) // group, bits, 8192, 8192, 8192 // group)
+        for M in (1, 128, 129, 512):
+            tile, _ = kw.default_plan(kc.GpuLinear(lay, None, None, None), M)
+            assert kw.fits(bits, lay.gstc, tile)

@@ -1,0 +1,70 @@
+"""Quick check of the Hopper wgmma kernel on one layer: every tile against dequantize + cuBLAS,
+then one timing of each tile x split against fp16 cuBLAS.
+
+    python tools/probe_wgmma.py [K N M]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    import cupy as cp
+
+    from gptq_export.kernels import cuda as kc
+    from gptq_export.kernels import cuda_wgmma as kw
+
+    K, N, M = (int(v) for v in sys.argv[1:4]) if len(sys.argv) >= 4 else (4096, 4096, 512)
+    if not kw.supported():
+        sys.exit("needs an sm_90 GPU")
+    rng = np.random.default_rng(0)
+    sys.path.insert(0, "tests/kernels")
+    from test_cuda import random_layer  # noqa: E402
+
+    layer = random_layer(rng, 4, K, N, 128, False)
+    gl = kc.GpuLinear.from_packed(*layer, 4, K, N)
+    x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
+    ref = kc.quant_matmul(x, gl, path="dequant").astype(cp.float32)
+    t0 = time.time()
+    kw.function(4, 8, kw.TILES["128x128"])
+    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    xw = kw.prep(x, gl)
+    for tile in kw.TILES.values():
+        out = cp.full((M, N), np.nan, dtype=cp.float16)
+        kw.run(xw, M, gl, None, out, tile, 1)
+        err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+        print(f"tile {tile.label}: rel err vs dequantize + cuBLAS {err:.1e}", flush=True)
+    if "--one" in sys.argv:  # for a profiler: the 128 x 128 tile a few times
+        out = cp.empty((M, N), dtype=cp.float16)
+        for _ in range(5):
+            kw.run(xw, M, gl, None, out, kw.TILES[sys.argv[sys.argv.index("--one") + 1]], 1)
+        cp.cuda.runtime.deviceSynchronize()
+        return
+    import torch
+
+    sys.path.insert(0, "tools")
+    from bench_kernels import Timer
+
+    timer = Timer(torch.device("cuda"))
+    w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
+
+    def timeit(fn):
+        return timer.per_call_ms(lambda i: fn(), 1, reps=5) * 1e3
+
+    f = timeit(lambda: x @ w16.T)
+    print(f"fp16 cuBLAS {f:.1f} us; dequant path {timeit(lambda: kc.quant_matmul(x, gl, path='dequant')):.1f} us; "
+          f"prep {timeit(lambda: kw.prep(x, gl, xw)):.1f} us; mma path {timeit(lambda: kc.quant_matmul(x, gl, path='mma')):.1f} us")
+    out = cp.empty((M, N), dtype=cp.float16)
+    ws = cp.empty(8 * M * N, dtype=cp.float32)
+    for label, tile in kw.TILES.items():
+        for split in (1, 2, 4):
+            t = timeit(lambda tile=tile, split=split: kw.run(xw, M, gl, None, out, tile, split, ws))
+            print(f"  wg {label}/{split}: {t:.1f} us = {t / f:.2f}x fp16 (kernel only, x prepared)")
+
+
+if __name__ == "__main__":
+    main()
