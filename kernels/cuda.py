@@ -46,6 +46,9 @@ Paths of `quant_matmul` (M = rows of x):
 - MMA_MIN_M <= M <= MMA_MAX_M, bits in MMA_BITS: `qgemm_mma` (kernels/gptq_mma.cu, launcher
   kernels/cuda_mma.py), a fused dequantize + mma.sync GEMM with a cp.async pipeline over the same
   tc layout (x in K' order: prep_x first when needed).
+- WG_MIN_M <= M <= WG_MAX_M, bits in MMA_BITS, at least WG_MIN_WEIGHTS weights, on sm_90 (H100 /
+  H200): `qgemm_wg` (kernels/gptq_wgmma.cu, launcher kernels/cuda_wgmma.py), a fused dequantize +
+  wgmma GEMM fed by TMA bulk copies (x first gathered into the kernel's order by `prep_xwg`).
 - larger M (prefill), other bits, or path="dequant": `dequant_tc` writes W^T in fp16 (K' order) to a scratch
   buffer, then cuBLAS.
 
