@@ -104,6 +104,11 @@ MMA_MAX_M = 128
 WG_MIN_M = 128
 WG_MAX_M = 256
 WG_MIN_WEIGHTS = 32 << 20
+#: ... and up to WG_BIG_MAX_M rows for layers of at least WG_BIG_WEIGHTS weights (8192 x 28672: the
+#: wgmma kernel with clusters of 4 and register-loaded weights took 464 us at M = 512 against 521 us
+#: for dequantize + cuBLAS, tools/probe_wgmma.py).
+WG_BIG_MAX_M = 512
+WG_BIG_WEIGHTS = 128 << 20
 _OPTIONS = ("-std=c++17",)
 #: The Hopper wgmma kernels (`qgemm_wg<...>`, kernels/cuda_wgmma.py) are compiled as a second module:
 #: SOURCES + WG_SOURCE with sm_90a's arch-specific instructions (CuPy appends its own -arch=sm_90
@@ -451,7 +456,9 @@ def auto_path(layer: GpuLinear, M: int) -> str:
     """Path of `quant_matmul(path="auto")` for M rows: "fused", "mma", "wgmma" or "dequant" (see
     MMA_BITS, WG_MIN_M)."""
     lay = layer.layout
-    if lay.bits in MMA_BITS and WG_MIN_M <= M <= WG_MAX_M and lay.K * lay.N >= WG_MIN_WEIGHTS:
+    weights = lay.K * lay.N
+    if lay.bits in MMA_BITS and WG_MIN_M <= M and (
+            (M <= WG_MAX_M and weights >= WG_MIN_WEIGHTS) or (M <= WG_BIG_MAX_M and weights >= WG_BIG_WEIGHTS)):
         from . import cuda_wgmma
 
         if cuda_wgmma.available():

@@ -36,6 +36,7 @@ class WgTile:
     fw: int  # m64 output tiles per warpgroup
     bm: int  # tokens per block (the wgmma N: 64, 128 or 256)
     cn: int = 1  # CTAs per cluster along N (they share each x stage through multicast)
+    wr: bool = False  # weights loaded straight into registers (one unit ahead), not staged by TMA
     nwg: int = 2  # warpgroups per block
 
     @property
@@ -44,11 +45,11 @@ class WgTile:
 
     @property
     def threads(self) -> int:
-        return 128 * self.nwg
+        return 128 * self.nwg + 32  # consumer warpgroups + one producer warp
 
     @property
     def label(self) -> str:
-        return f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "")
+        return f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
 
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
@@ -56,12 +57,13 @@ class WgTile:
 TILES = {t.label: t for t in (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
+    WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
 )}
 
 
 def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:
     ngu = 8 // gstc if gstc < 8 else 1
-    head = (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4 + ngu * tile.bn * 4
+    head = (0 if tile.wr else (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4) + ngu * tile.bn * 4
     return -(-head // 128) * 128 + 16 * tile.bm * 16
 
 
@@ -83,7 +85,7 @@ def smem_bytes(bits: int, gstc: int, tile: WgTile) -> int:
 
 def kernel_name(bits: int, gstc: int, tile: WgTile) -> str:
     t = tile
-    return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{stages_for(bits, gstc, t)}>"
+    return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{int(t.wr)},{stages_for(bits, gstc, t)}>"
 
 
 def kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), tiles=None) -> list[str]:
@@ -179,10 +181,11 @@ def prep(x2, layer: kc.GpuLinear, out=None):
 
 
 def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
-    """(tile, split) for M rows, from the tile x split sweep on an H100 (tools/bench_kernels.py
-    --wg-sweep): 256 x 128 blocks up to 128 rows; above, 128 x 256 blocks in clusters of 4 where
-    they make at least a wave, else of 2 (128 x 128 where those do not fit); K' split so that the grid covers the SMs about once,
-    with >= 4 units per split."""
+    """(tile, split) for M rows, from tile sweeps on an H100 (tools/bench_kernels.py --wg-sweep,
+    tools/probe_wgmma.py): 256 x 128 blocks up to 128 rows; above, 128 x 256 blocks in clusters of
+    4 with the weights loaded straight into registers where they make at least a wave, else in
+    clusters of 2 (128 x 128 where those do not fit); K' split so that the grid covers the SMs
+    about once, with >= 4 units per split."""
     from .cuda_mma import sm_count
 
     lay = layer.layout
@@ -194,7 +197,7 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     if M <= 128:
         tile = TILES["256x128"]
     else:
-        tile = TILES["128x256c4"] if blocks(TILES["128x256c4"]) >= sms else TILES["128x256c2"]
+        tile = TILES["128x256c4r"] if blocks(TILES["128x256c4r"]) >= sms else TILES["128x256c2"]
         if not fits(lay.bits, lay.gstc, tile):  # 8 bits, or 4 bits with groups of 16
             tile = TILES["128x128"]
     split = max(1, min(8, sms // blocks(tile), lay.nu // 4))

@@ -3,18 +3,22 @@
 // (gptq_cuda.cu + gptq_cuda_repack.cu + gptq_mma.cu + this file, with -arch=sm_90a): it uses their
 // helpers (Fmt, magic_pair, hsub2, hmul2, prmt, f2h, smem_u32, ...).
 //
-// qgemm_wg<BITS, GSTC, FW, BM, NWG, CN, STAGES>: y[M, N] = x[M, K] @ W (+ bias)
+// qgemm_wg<BITS, GSTC, FW, BM, NWG, CN, WR, STAGES>: y[M, N] = x[M, K] @ W (+ bias)
 //   Orientation as in qgemm_mma: W^T (rows = outputs) is the A operand, decoded in registers from
 //   the packed words (wgmma's register-A fragment of a warp is mma.m16n8k16's A fragment, so each
 //   warp decodes its 16-output n-tile exactly as qgemm_mma does); x^T (BM tokens x k16) is the B
 //   operand, read by the tensor cores from shared memory (K-major, no swizzle).
-//   Block: NWG warpgroups; warpgroup wg owns FW m64 tiles (64 outputs each) x BM tokens, with FW
-//   wgmma.m64n{BM}k16 per k-step. Block tile BN = 64*FW*NWG outputs x BM tokens. K' is walked one
-//   unit (128 positions = 8 k-steps) per pipeline stage. Stages are filled by 1-D bulk copies (the
-//   TMA engine, issued by warp 0's lanes) completing on one mbarrier per stage; the stage of unit
-//   it+STAGES-2 is issued while unit it computes: the barrier at the top of unit it follows every
-//   warpgroup's wgmma.wait_group 1 at the end of unit it-1, so the slot of unit it-2 is free.
-//   Stage: W (BN/16 blocks of 32*WPU words, verbatim), SZ (NGU rows of BN sz words), X: 16 chunks
+//   Block: NWG consumer warpgroups + one producer warp; consumer warpgroup wg owns FW m64 tiles
+//   (64 outputs each) x BM tokens, with FW wgmma.m64n{BM}k16 per k-step. Block tile BN = 64*FW*NWG
+//   outputs x BM tokens. K' is walked one unit (128 positions = 8 k-steps) per pipeline stage.
+//   The producer warp fills the STAGES slots with 1-D bulk copies (the TMA engine) completing on
+//   one "full" mbarrier per slot, and refills a slot once every consumer thread has arrived on its
+//   "consumed" mbarrier (CTA-local; with clusters the producer then also waits for every CTA's
+//   producer on the slot's "empty" mbarrier). Consumers release unit it - 2 at the top of unit it
+//   (at most INFLIGHT wgmma groups, all of unit it - 1, are then pending). WR = 1: the packed
+//   weights skip shared memory: each consumer warp loads its n-tile's words for the next unit
+//   into registers (plain loads, as the GEMV does), only SZ and X are staged.
+//   Stage: W (BN/16 blocks of 32*WPU words, verbatim; none with WR), SZ (NGU rows of BN sz words), X: 16 chunks
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
 //   bytes apart; the launcher passes these as sbo / lbo).
@@ -24,16 +28,23 @@
 //   matches the decoded A; rows m >= M are zeros, Mp is a multiple of BM.
 //   CN > 1: clusters of CN CTAs along N share each X stage (one multicast bulk copy per chunk, the
 //   chunks spread over the CTAs); a slot is refilled only after every CTA of the cluster released
-//   it (per-slot "empty" mbarriers, arrived on remotely). The grid's x is a multiple of CN; CTAs
-//   past N' only help load X.
+//   it (the producers arrive on each other's "empty" mbarriers). The grid's x is a multiple of CN;
+//   CTAs past N' only help load X.
 //   split > 1: blockIdx.z takes the units [NU*z/split, NU*(z+1)/split) and writes fp32 partials to
 //   ws[z][M][N] (mma_reduce adds them in z order, adds bias and casts).
 //
 // xw: as above, 16-byte aligned. qw, sz: the tc layout; upg: units per group (GSTC == 8).
 // bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
 // lbo / sbo: descriptor byte offsets (BM*16 and 128).
-// Grid: (ceil(Np / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG threads;
+// Grid: (ceil(Np / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 32 threads;
 // dynamic shared memory: STAGES * WgCfg::STAGE_BYTES (128-byte aligned stages).
+
+// Profiling only (tools/probe_wgmma.py --ablate compiles with -DWG_ABLATE=1..5): 1 skips the
+// weight decode (constant A fragments), 2 skips the wgmma, 3 also the x copies, 4 copies x as one
+// bulk copy per stage (no wgmma), 5 the same with the wgmma. Results are then wrong.
+#ifndef WG_ABLATE
+#define WG_ABLATE 0
+#endif
 
 template <int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const u32 (&a)[4], u64 desc, int scale_d);
@@ -127,14 +138,17 @@ __device__ __forceinline__ u64 wg_desc(u32 addr, int lbo, int sbo) {
     return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)((lbo >> 4) & 0x3FFF) << 16) | ((u64)((sbo >> 4) & 0x3FFF) << 32);
 }
 
-template <int BITS, int GSTC, int FW, int BM, int NWG>
+template <int BITS, int GSTC, int FW, int BM, int NWG, int WR>
 struct WgCfg {
     static constexpr int WPU = Fmt<BITS>::WPU;
     static constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
     static constexpr int S = GSTC < 8 ? 16 * GSTC : 128;
-    static constexpr int NTHREADS = 128 * NWG;
+    static constexpr int NTHREADS = 128 * NWG + 32;  // consumer warpgroups + the producer warp
+    // wgmma groups left in flight while the next k-step is decoded (each holds its A registers);
+    // 1 where the accumulators leave no registers for more (the 168-register cap of 288 threads)
+    static constexpr int INFLIGHT = FW * BM >= 256 ? 1 : 2;
     static constexpr int BN = 64 * FW * NWG;
-    static constexpr int W_BYTES = (BN / 16) * 32 * WPU * 4;
+    static constexpr int W_BYTES = WR ? 0 : (BN / 16) * 32 * WPU * 4;  // WR: weights straight to registers
     static constexpr int SZ_BYTES = NGU * BN * 4;
     static constexpr int X_OFF = (W_BYTES + SZ_BYTES + 127) / 128 * 128;
     static constexpr int X_BYTES = 16 * BM * 16;
@@ -148,14 +162,21 @@ __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
 __device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+// Waits for the phase of parity `parity` to complete; traps (a launch error instead of a hang) after
+// about 2^26 unsuccessful tries (seconds), which only a broken pipeline can take.
 __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-    asm volatile(
-        "{\n\t.reg .pred P1;\n"
-        "WAIT:\n\t"
-        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n\t"
-        "@!P1 bra WAIT;\n\t}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
+    for (u32 tries = 0;; ++tries) {
+        u32 done;
+        asm volatile(
+            "{\n\t.reg .pred P1;\n\t"
+            "mbarrier.try_wait.parity.shared::cta.b64 P1, [%1], %2;\n\t"
+            "selp.u32 %0, 1, 0, P1;\n\t}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (done) return;
+        if (tries > (1u << 26)) __trap();
+    }
 }
 __device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
@@ -177,9 +198,9 @@ __device__ __forceinline__ void mbar_arrive_remote(u32 bar, u32 cta) {
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(cta));
     asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 }
-// Orders this thread's earlier generic-proxy shared-memory accesses before later async-proxy ones
-// (bulk copies into a slot that was read with ordinary loads).
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_arrive_local(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
 
 // Stage of unit u, issued by the lanes of one warp as bulk copies completing on `bar`:
 // W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows).
@@ -187,17 +208,25 @@ __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.
 // With a cluster of CN CTAs along N (CN > 1), all of which share m0 and the units, CTA `rank`
 // copies X chunks p = rank, rank + CN, ... to every CTA of the cluster (multicast); each CTA's
 // barrier expects its own W and SZ plus all 16 X chunks.
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN>
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR>
 __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp,
                                                const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int NU,
                                                int upg, int nt0, int m0, int lane, u32 rank) {
-    using C = WgCfg<BITS, GSTC, FW, BM, NWG>;
-    constexpr int NB = C::BN / 16, WB = 32 * C::WPU * 4, NX = 16 / CN;
-    const int ntv = max(0, min(NB, Np / 16 - nt0));
+    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
+    constexpr int NB = WR ? 0 : C::BN / 16, WB = 32 * C::WPU * 4, NX = 16 / CN;
+    const int ntv = max(0, min(C::BN / 16, Np / 16 - nt0));
     const u32 szb = ntv * 64;
-    if (lane == 0) mbar_expect_tx(bar, ntv * WB + (ntv ? C::NGU * szb : 0) + 16 * BM * 16);
+    constexpr int XB = WG_ABLATE == 3 ? 0 : 16 * BM * 16;
+    if (lane == 0) mbar_expect_tx(bar, (WR ? 0 : ntv * WB) + (ntv ? C::NGU * szb : 0) + XB);
     __syncwarp();
-    for (int j = lane; j < NB + C::NGU + NX; j += 32) {
+    if constexpr (WG_ABLATE >= 4) {  // profiling: x as one copy per stage (wrong data)
+        if (lane == 0 && rank == 0) {
+            const u16* src = xw + (size_t)u * 16 * Mp * 8 + (size_t)m0 * 16 * 8;
+            if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF, src, XB, bar);
+            else bulk_g2s_multicast(s_st + C::X_OFF, src, XB, bar, (u16)((1u << CN) - 1u));
+        }
+    }
+    for (int j = lane; j < NB + C::NGU + ((WG_ABLATE >= 3) ? 0 : NX); j += 32) {
         if (j < NB) {
             if (j < ntv) bulk_g2s(s_st + j * WB, qw + ((size_t)(nt0 + j) * NU + u) * (32 * C::WPU), WB, bar);
         } else if (j < NB + C::NGU) {
@@ -213,15 +242,15 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
     }
 }
 
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int STAGES>
-__global__ void __launch_bounds__(128 * NWG, 1) __cluster_dims__(CN, 1, 1)
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES>
+__global__ void __launch_bounds__(128 * NWG + 32, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
          int Np, int NU, int upg, int split, int lbo, int sbo) {
-    using C = WgCfg<BITS, GSTC, FW, BM, NWG>;
-    static_assert(STAGES >= 3, "the pipeline loads unit it + STAGES - 2 while unit it computes");
+    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
+    static_assert(STAGES >= 2, "a slot is refilled while the others compute");
     extern __shared__ uint4 wg_smem[];
-    __shared__ __align__(8) u64 full[STAGES], empty[STAGES];
+    __shared__ __align__(8) u64 full[STAGES], consumed[STAGES], empty[STAGES];
     unsigned char* smem = reinterpret_cast<unsigned char*>(wg_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wg = warp >> 2, wq = warp & 3;
@@ -240,45 +269,64 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     for (int f = 0; f < FW; ++f) fence_regs(acc[f]);
 
     const u32 s_smem = smem_u32(smem), s_full = smem_u32(full), s_empty = smem_u32(empty);
+    const u32 s_consumed = smem_u32(consumed);
     const u32 rank = CN > 1 ? cluster_ctarank() : 0u;
     if (threadIdx.x == 0) {
 #pragma unroll
         for (int s = 0; s < STAGES; ++s) {
             mbar_init(s_full + 8 * s, 1);
-            mbar_init(s_empty + 8 * s, CN);  // one release per CTA of the cluster
+            mbar_init(s_consumed + 8 * s, 128 * NWG);  // every consumer thread of this CTA
+            mbar_init(s_empty + 8 * s, CN);  // the producer warp of every CTA of the cluster
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     if constexpr (CN > 1) cluster_sync_all();  // barriers initialised before any CTA signals them
     else __syncthreads();
-    if (warp == 0) {
+
+    if (warp == 4 * NWG) {  // producer warp: refills slot v % STAGES once unit v - STAGES is consumed
+        for (int v = 0; v < iters; ++v) {
+            const int s = v % STAGES;
+            if (v >= STAGES) {
+                const u32 par = ((v / STAGES) - 1) & 1;
+                mbar_wait(s_consumed + 8 * s, par);  // this CTA's consumers are done with the slot
+                if constexpr (CN > 1) {  // ... and every CTA's, before multicasting into it
+                    if (lane < CN) mbar_arrive_remote(s_empty + 8 * s, lane);
+                    mbar_wait(s_empty + 8 * s, par);
+                }
+            }
+            wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u_begin + v, xw,
+                                                        Mp, qw, sz, Np, NU, upg, nt0, m0, lane, rank);
+        }
+    } else {
+    u32 wn[FW][C::WPU];  // WR: the next unit's packed words
+    if constexpr (WR) {
 #pragma unroll
-        for (int s = 0; s < STAGES - 2; ++s)
-            if (s < iters)
-                wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u_begin + s,
-                                                            xw, Mp, qw, sz, Np, NU, upg, nt0, m0, lane, rank);
+        for (int f = 0; f < FW; ++f) {
+            const int nt = nt0 + (wg * FW + f) * 4 + wq;
+            if (iters > 0 && nt < Np / 16)
+                load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin) * (32 * C::WPU), lane);
+        }
     }
     for (int it = 0; it < iters; ++it) {
-        fence_proxy_async();  // this thread's reads of unit it - 2's slot, before the bulk copies into it
-        __syncthreads();
-        // unit it - 2 is done in this CTA: release its slot in every CTA of the cluster
-        // (CN = 1: the barrier above is enough)
-        if (CN > 1 && it >= 2 && threadIdx.x < CN) mbar_arrive_remote(s_empty + 8 * ((it - 2) % STAGES), threadIdx.x);
-        {
-            const int nx = it + STAGES - 2;
-            if (warp == 0 && nx < iters) {
-                if (CN > 1 && nx >= STAGES) mbar_wait(s_empty + 8 * (nx % STAGES), ((nx / STAGES) - 1) & 1);
-                wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN>(s_smem + (nx % STAGES) * C::STAGE_BYTES,
-                                                            s_full + 8 * (nx % STAGES), u_begin + nx, xw, Mp, qw, sz,
-                                                            Np, NU, upg, nt0, m0, lane, rank);
-            }
-        }
+        // at most INFLIGHT (<= 8) groups, of unit it - 1, are pending: unit it - 2 is complete, release
+        // its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
+        if (it >= 2) mbar_arrive_local(s_consumed + 8 * ((it - 2) % STAGES));
         mbar_wait(s_full + 8 * (it % STAGES), (it / STAGES) & 1);
         const unsigned char* st = smem + (it % STAGES) * C::STAGE_BYTES;
         const u32* sw = reinterpret_cast<const u32*>(st);
         const u32* ssz = reinterpret_cast<const u32*>(st + C::W_BYTES);
         const u32 s_x = smem_u32(st + C::X_OFF);
         u32 w[FW][C::WPU];
+        if constexpr (WR) {  // this unit's words (loaded one unit ahead), then the next unit's
+#pragma unroll
+            for (int f = 0; f < FW; ++f) {
+#pragma unroll
+                for (int i = 0; i < C::WPU; ++i) w[f][i] = wn[f][i];
+                const int nt = nt0 + (wg * FW + f) * 4 + wq;
+                if (it + 1 < iters && nt < Np / 16)
+                    load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU), lane);
+            }
+        } else {
 #pragma unroll
         for (int f = 0; f < FW; ++f) {
             const u32* base = sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU);
@@ -293,6 +341,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
                     w[f][4 * c] = v.x; w[f][4 * c + 1] = v.y; w[f][4 * c + 2] = v.z; w[f][4 * c + 3] = v.w;
                 }
             }
+        }
         }
         u32 zz[FW][2], sc[FW][2];
 #pragma unroll
@@ -312,13 +361,16 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
             for (int f = 0; f < FW; ++f)
 #pragma unroll
                 for (int pr = 0; pr < 4; ++pr)
-                    a[f][pr] = hmul2(hsub2(magic_pair<BITS>(w[f], ts, pr), zz[f][pr & 1]), sc[f][pr & 1]);
+                    a[f][pr] = WG_ABLATE == 1 ? sc[f][pr & 1] ^ (u32)(ts * 4 + pr)
+                                              : hmul2(hsub2(magic_pair<BITS>(w[f], ts, pr), zz[f][pr & 1]), sc[f][pr & 1]);
             const u64 desc = wg_desc(s_x + ts * (2 * BM * 16), lbo, sbo);
             wg_fence();
 #pragma unroll
-            for (int f = 0; f < FW; ++f) wgmma_rs<BM>(acc[f], a[f], desc, 1);
+            for (int f = 0; f < FW; ++f)
+                if constexpr (WG_ABLATE != 2 && WG_ABLATE != 3 && WG_ABLATE != 4) wgmma_rs<BM>(acc[f], a[f], desc, 1);
+                else acc[f][0] += __uint_as_float(a[f][0] ^ a[f][3] ^ (u32)desc);
             wg_commit();
-            wg_wait<1>();
+            wg_wait<C::INFLIGHT>();
         }
     }
     wg_wait<0>();
@@ -344,5 +396,6 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
             }
         }
     }
+    }  // consumers
     if constexpr (CN > 1) cluster_sync_all();  // no CTA exits while others may still signal it
 }

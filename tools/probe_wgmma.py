@@ -12,6 +12,38 @@ import time
 import numpy as np
 
 
+def f_timer():
+    import torch
+
+    sys.path.insert(0, "tools")
+    from bench_kernels import Timer
+
+    return Timer(torch.device("cuda"))
+
+
+def ablate(cp, kc, kw, xw, M, gl, timer) -> None:
+    lay = gl.layout
+    out = cp.empty((M, lay.N), dtype=cp.float16)
+    real = kw.function
+    for label in ("128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r"):
+        tile = kw.TILES[label]
+        row = []
+        for mode in (0, 2, 3):
+            name = kw.kernel_name(lay.bits, lay.gstc, tile)
+            mod = cp.RawModule(code=kc.source(True), name_expressions=(name,),
+                               options=kc._OPTIONS + kc._WG_OPTIONS + (f"-DWG_ABLATE={mode}",))
+            fn = mod.get_function(name)
+            fn.max_dynamic_shared_size_bytes = kw.smem_bytes(lay.bits, lay.gstc, tile)
+            kw.function = lambda *a, fn=fn: fn
+            try:
+                t = timer.per_call_ms(lambda i, tile=tile: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=5) * 1e3
+            finally:
+                kw.function = real
+            row.append(f"{['full', 'no decode', 'no wgmma', 'no wgmma+x', 'no wgmma, 1 x copy', '1 x copy'][mode]} "
+                       f"{t:.1f} us")
+        print(f"  {label}/1: " + ", ".join(row), flush=True)
+
+
 def main() -> None:
     import cupy as cp
 
@@ -38,18 +70,16 @@ def main() -> None:
         kw.run(xw, M, gl, None, out, tile, 1)
         err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
         print(f"tile {tile.label}: rel err vs dequantize + cuBLAS {err:.1e}", flush=True)
+    if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
+        ablate(cp, kc, kw, xw, M, gl, f_timer())
+        return
     if "--one" in sys.argv:  # for a profiler: the 128 x 128 tile a few times
         out = cp.empty((M, N), dtype=cp.float16)
         for _ in range(5):
             kw.run(xw, M, gl, None, out, kw.TILES[sys.argv[sys.argv.index("--one") + 1]], 1)
         cp.cuda.runtime.deviceSynchronize()
         return
-    import torch
-
-    sys.path.insert(0, "tools")
-    from bench_kernels import Timer
-
-    timer = Timer(torch.device("cuda"))
+    timer = f_timer()
     w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
 
     def timeit(fn):

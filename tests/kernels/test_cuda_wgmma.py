@@ -29,8 +29,8 @@ MS = (1, 17, 64, 100, 130, 512)
 def test_wgmma_source_and_names():
     assert "qgemm_wg" not in kc.source() and "qgemm_wg" in kc.source(wgmma=True)
     t = kw.TILES["128x128"]
-    assert (t.bn, t.bm, t.threads) == (128, 128, 256)
-    assert kw.kernel_name(4, 8, t) == f"qgemm_wg<4,8,1,128,2,1,{kw.stages_for(4, 8, t)}>"
+    assert (t.bn, t.bm, t.threads) == (128, 128, 288)
+    assert kw.kernel_name(4, 8, t) == f"qgemm_wg<4,8,1,128,2,1,0,{kw.stages_for(4, 8, t)}>"
     assert kw.TILES["128x128c2"].cn == 2 and kw.TILES["128x128c2"].bn == 128
     assert kw.TILES["256x128"].bn == 256 and kw.TILES["128x256"].bm == 256
 
@@ -218,6 +218,8 @@ def test_auto_dispatch_picks_wgmma_only_on_hopper(monkeypatch):
         assert kc.auto_path(big, M) == "wgmma" and kc.auto_path(layer(3, 4096, 11008), M) == "wgmma"
         assert kc.auto_path(small, M) != "wgmma" and kc.auto_path(layer(8, 8192, 8192), M) == "dequant"
     assert kc.auto_path(big, kc.WG_MIN_M - 1) == "mma" and kc.auto_path(big, kc.WG_MAX_M + 1) == "dequant"
+    huge = layer(4, 8192, 28672)
+    assert kc.auto_path(huge, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(huge, kc.WG_BIG_MAX_M + 1) == "dequant"
     monkeypatch.setattr(kw, "available", lambda: False)
     assert kc.auto_path(big, 128) == "mma" and kc.auto_path(big, 256) == "dequant"
 
@@ -227,7 +229,7 @@ def test_default_plan_covers_the_gpu(monkeypatch):
 
     monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
     for K, N, M, label, split in ((8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
-                                  (8192, 28672, 256, "128x256c4", 1), (8192, 8192, 256, "128x256c2", 2)):
+                                  (8192, 28672, 256, "128x256c4r", 1), (8192, 8192, 256, "128x256c2", 2)):
         lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, K // 128)
         tile, sp = kw.default_plan(kc.GpuLinear(lay, None, None, None), M)
         assert (tile.label, sp) == (label, split), (K, N, M)
