@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import test_cuda
 from test_cuda import fresh_seed, random_layer, rel_err
-from test_cuda_mma import CASES
+from test_cuda_mma import CASES, _run
 
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import cuda_wgmma as kw
@@ -85,15 +85,6 @@ def hopper(cp):
     if not kw.supported():
         pytest.skip(f"the wgmma kernel needs an sm_90 GPU, this one is sm_{cp.cuda.Device().compute_capability}")
     return cp
-
-
-def _run(cp, gl, x, bias, **kw_):
-    out = cp.full((*x.shape[:-1], gl.layout.N), np.nan, dtype=x.dtype)
-    res = kc.quant_matmul(x, gl, bias, out, **kw_)
-    assert res is out
-    got = cp.asnumpy(out)
-    assert np.isfinite(got).all(), "unwritten (NaN) outputs"
-    return got
 
 
 def _plans(bits, gstc):
