@@ -1,7 +1,11 @@
-"""Quick check of the Hopper wgmma kernel on one layer: every tile against dequantize + cuBLAS,
-then one timing of each tile x split against fp16 cuBLAS.
+"""Quick check of the Hopper wgmma kernel on one 4-bit layer (sm_90 GPU): every tile against
+dequantize + cuBLAS, then the time of each tile x split (kernel only, x prepared) against fp16
+cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
 
-    python tools/probe_wgmma.py [K N M]
+    python tools/probe_wgmma.py [K N M]            # default 4096 4096 512
+    python tools/probe_wgmma.py K N M --ablate     # where the time goes: the kernel rebuilt without
+                                                   # the wgmma, without the x copies (-DWG_ABLATE)
+    python tools/probe_wgmma.py K N M --one TILE   # run one tile a few times (for a profiler)
 """
 
 from __future__ import annotations
