@@ -96,11 +96,9 @@ def _plans(bits, M):
     return [(lb, s) for lb in labels for s in (1, 3)] + [(None, None)]
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("M", MS)
-def test_gpu_mma_matches_float64_reference(cp, bits, case, M):
+def check_reference(cp, bits, case, M, path: str, plans) -> None:
+    """`path` with every (tile, split) of `plans` equals the float64 reference (fresh data; bias on
+    odd M). Shared with test_cuda_wgmma.py."""
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
     K, N, group, act = case
@@ -111,17 +109,15 @@ def test_gpu_mma_matches_float64_reference(cp, bits, case, M):
     ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
     xd = cp.asarray(x)
     bd = cp.asarray(bias) if bias is not None else None
-    for tile, split in _plans(bits, M):
-        got = _run(cp, gl, xd, bd, path="mma", tile=tile, split=split)
+    for tile, split in plans(bits, gl.layout.gstc, M):
+        got = _run(cp, gl, xd, bd, path=path, tile=tile, split=split)
         assert got.dtype == np.float16 and got.shape == (M, N)
         assert rel_err(got, ref) <= TOL, f"tile {tile} split {split} seed {seed}"
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", (3, 4))
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6]])
-def test_gpu_mma_fp32_and_misaligned_x(cp, bits, case):
-    """fp32 x / output and x at a 2-byte offset (both through prep_x), leading dims flattened."""
+def check_fp32_and_misaligned(cp, bits, case, rows: int, path: str, tile: str) -> None:
+    """fp32 x / output and x at a 2-byte offset (gathered and cast by the path's x preparation),
+    leading dims flattened, split 1 and 2. Shared with test_cuda_wgmma.py."""
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
     K, N, group, act = case
@@ -129,31 +125,50 @@ def test_gpu_mma_fp32_and_misaligned_x(cp, bits, case):
     gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
     bias = rng.standard_normal(N).astype(np.float32)
     for dtype in ("float32", "float16"):
-        buf = cp.asarray(rng.standard_normal(2 * 40 * K + 1).astype(dtype))
-        x = buf[1:].reshape(2, 40, K)
+        buf = cp.asarray(rng.standard_normal(2 * rows * K + 1).astype(dtype))
+        x = buf[1:].reshape(2, rows, K)
         ref = quant_matmul(cp.asnumpy(x).astype(np.float64), *layer, bias, bits, K, N)
         for split in (1, 2):
-            got = _run(cp, gl, x, cp.asarray(bias), path="mma", tile="128x64", split=split)
-            assert got.dtype == np.dtype(dtype) and got.shape == (2, 40, N)
+            got = _run(cp, gl, x, cp.asarray(bias), path=path, tile=tile, split=split)
+            assert got.dtype == np.dtype(dtype) and got.shape == (2, rows, N)
             assert rel_err(got, ref) <= TOL, f"{dtype} split {split} seed {seed}"
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", (3, 4))
-def test_gpu_mma_equals_dequant_path_and_is_deterministic(cp, bits):
+def check_equals_dequant_and_deterministic(cp, bits, path: str, tiles) -> None:
     """The same fp16 weights as dequantize + cuBLAS (so near-equal outputs); repeated runs with a
-    split K' (fixed-order reduction) are bit-identical."""
+    split K' (fixed-order reduction) are bit-identical. Shared with test_cuda_wgmma.py."""
     rng = np.random.default_rng()
     K, N = 2048, 384
     layer = random_layer(rng, bits, K, N, 128, True)
     gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
     x = cp.asarray(rng.standard_normal((300, K)).astype(np.float16))
     a = cp.asnumpy(kc.quant_matmul(x, gl, path="dequant")).astype(np.float64)
-    for tile in km.TILES:
-        first = cp.asnumpy(kc.quant_matmul(x, gl, path="mma", tile=tile, split=4))
-        assert rel_err(first, a) < 1e-3
+    for tile in tiles:
+        first = cp.asnumpy(kc.quant_matmul(x, gl, path=path, tile=tile, split=4))
+        assert rel_err(first, a) < 1e-3, tile
         for _ in range(2):
-            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, path="mma", tile=tile, split=4)), first)
+            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, path=path, tile=tile, split=4)), first)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("M", MS)
+def test_gpu_mma_matches_float64_reference(cp, bits, case, M):
+    check_reference(cp, bits, case, M, "mma", lambda b, _gstc, m: _plans(b, m))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6]])
+def test_gpu_mma_fp32_and_misaligned_x(cp, bits, case):
+    check_fp32_and_misaligned(cp, bits, case, 40, "mma", "128x64")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+def test_gpu_mma_equals_dequant_path_and_is_deterministic(cp, bits):
+    check_equals_dequant_and_deterministic(cp, bits, "mma", km.TILES)
 
 
 @pytest.mark.gpu

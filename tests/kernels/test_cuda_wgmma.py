@@ -2,7 +2,8 @@
 
 GPU tests (gpu marker; skipped cleanly without CuPy / a CUDA device, and on GPUs other than sm_90)
 compare against a float64 NumPy reference built with kernels/reference.py, on fresh random data
-(seed in each failure message), outputs poisoned with NaN before every run.
+(seed in each failure message), outputs poisoned with NaN before every run, through the checks
+shared with test_cuda_mma.py (tolerance TOL there).
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import test_cuda
-from test_cuda import fresh_seed, random_layer, rel_err
-from test_cuda_mma import CASES, _run
+from test_cuda import random_layer, rel_err
+from test_cuda_mma import CASES, check_equals_dequant_and_deterministic, check_fp32_and_misaligned, check_reference
 
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import cuda_wgmma as kw
-from gptq_export.kernels.reference import quant_matmul
 
 BITS = (2, 3, 4, 8)
-TOL = 2e-3  # as qgemm_mma: fp16 activations and weights, fp32 sums
 MS = (1, 17, 64, 100, 130, 512)
 
 
@@ -99,64 +98,20 @@ def _plans(bits, gstc):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("M", MS)
 def test_gpu_wgmma_matches_float64_reference(hopper, bits, case, M):
-    cp = hopper
-    seed = fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, group, act = case
-    layer = random_layer(rng, bits, K, N, group, act)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    x = rng.standard_normal((M, K)).astype(np.float16)
-    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
-    ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
-    xd = cp.asarray(x)
-    bd = cp.asarray(bias) if bias is not None else None
-    for tile, split in _plans(bits, gl.layout.gstc):
-        got = _run(cp, gl, xd, bd, path="wgmma", tile=tile, split=split)
-        assert got.dtype == np.float16 and got.shape == (M, N)
-        assert rel_err(got, ref) <= TOL, f"tile {tile} split {split} seed {seed}"
+    check_reference(hopper, bits, case, M, "wgmma", lambda b, gstc, _m: _plans(b, gstc))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", (3, 4))
 @pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[6]])
 def test_gpu_wgmma_fp32_and_misaligned_x(hopper, bits, case):
-    """fp32 x / output and x at a 2-byte offset (prep gathers and casts), leading dims flattened."""
-    cp = hopper
-    seed = fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, group, act = case
-    layer = random_layer(rng, bits, K, N, group, act)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    bias = rng.standard_normal(N).astype(np.float32)
-    for dtype in ("float32", "float16"):
-        buf = cp.asarray(rng.standard_normal(2 * 150 * K + 1).astype(dtype))
-        x = buf[1:].reshape(2, 150, K)
-        ref = quant_matmul(cp.asnumpy(x).astype(np.float64), *layer, bias, bits, K, N)
-        for split in (1, 2):
-            got = _run(cp, gl, x, cp.asarray(bias), path="wgmma", tile="128x128", split=split)
-            assert got.dtype == np.dtype(dtype) and got.shape == (2, 150, N)
-            assert rel_err(got, ref) <= TOL, f"{dtype} split {split} seed {seed}"
+    check_fp32_and_misaligned(hopper, bits, case, 150, "wgmma", "128x128")
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", (3, 4))
-def test_gpu_wgmma_equals_mma_path_and_is_deterministic(hopper, bits):
-    """The same fp16 weights as qgemm_mma and dequantize + cuBLAS (near-equal outputs); repeated
-    runs with a split K' (fixed-order reduction) are bit-identical."""
-    cp = hopper
-    rng = np.random.default_rng()
-    K, N = 2048, 384
-    layer = random_layer(rng, bits, K, N, 128, True)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    x = cp.asarray(rng.standard_normal((300, K)).astype(np.float16))
-    a = cp.asnumpy(kc.quant_matmul(x, gl, path="dequant")).astype(np.float64)
-    assert rel_err(cp.asnumpy(kc.quant_matmul(x, gl, path="mma")), a) < 1e-3
-    for tile in kw.TILES:
-        first = cp.asnumpy(kc.quant_matmul(x, gl, path="wgmma", tile=tile, split=4))
-        assert rel_err(first, a) < 1e-3
-        for _ in range(2):
-            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, path="wgmma", tile=tile, split=4)),
-                                          first)
+def test_gpu_wgmma_equals_dequant_path_and_is_deterministic(hopper, bits):
+    check_equals_dequant_and_deterministic(hopper, bits, "wgmma", kw.TILES)
 
 
 @pytest.mark.gpu
