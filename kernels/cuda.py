@@ -208,6 +208,20 @@ def function(name: str):
     return fn
 
 
+_SMEM_SET: set[tuple[int, str]] = set()
+
+
+def function_with_smem(name: str, smem: int):
+    """`function(name)` with its dynamic shared-memory limit raised to `smem` bytes (once per
+    process and device): the GEMM kernels of cuda_mma / cuda_wgmma need more than 48 KB."""
+    fn = function(name)
+    key = (_cupy().cuda.runtime.getDevice(), name)
+    if key not in _SMEM_SET:
+        fn.max_dynamic_shared_size_bytes = smem
+        _SMEM_SET.add(key)
+    return fn
+
+
 def _compile_one(name: str) -> str:
     function(name)
     return name

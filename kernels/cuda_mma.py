@@ -78,18 +78,9 @@ def smem_bytes(bits: int, gstc: int, tile: MmaTile) -> int:
     return stages_for(bits, gstc, tile) * stage_bytes(bits, gstc, tile)
 
 
-_SMEM_SET: set[tuple[int, str]] = set()
-
-
 def function(bits: int, gstc: int, tile: MmaTile):
     """The compiled kernel, with its dynamic shared-memory limit raised (once per process)."""
-    name = kernel_name(bits, gstc, tile)
-    fn = kc.function(name)
-    key = (kc._cupy().cuda.runtime.getDevice(), name)
-    if key not in _SMEM_SET:
-        fn.max_dynamic_shared_size_bytes = smem_bytes(bits, gstc, tile)
-        _SMEM_SET.add(key)
-    return fn
+    return kc.function_with_smem(kernel_name(bits, gstc, tile), smem_bytes(bits, gstc, tile))
 
 
 def kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), tiles=None) -> list[str]:
@@ -151,20 +142,10 @@ def run(xk, kx: int, layer: kc.GpuLinear, bias, out, tile: MmaTile, split: int, 
     M, ldx = xk.shape
     if xk.dtype != cp.float16 or not xk.flags.c_contiguous or xk.data.ptr % 16 or ldx % 8 or kx % 8 or kx > ldx:
         raise ValueError("x must be C-contiguous fp16 [M, ldx], 16-byte aligned, ldx and Kx multiples of 8")
-    if out.dtype not in (cp.float16, cp.float32) or out.size != M * lay.N or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous fp16/fp32 with {M} x {lay.N} elements")
-    if bias is not None and (bias.dtype != cp.float32 or bias.shape != (lay.N,)):
-        raise ValueError(f"bias must be fp32 [{lay.N}]")
-    if not 1 <= split <= 64:
-        raise ValueError(f"split must be in [1, 64], got {split}")
+    ws = check_gemm_args(M, lay.N, bias, out, split, ws)
     if M == 0:
         return out
     y_f32 = np.int32(out.dtype == cp.float32)
-    if split > 1:
-        if ws is None:
-            ws = cp.empty(split * M * lay.N, dtype=cp.float32)
-        elif ws.dtype != cp.float32 or ws.size < split * M * lay.N or not ws.flags.c_contiguous:
-            raise ValueError(f"ws must be a C-contiguous fp32 buffer of >= {split * M * lay.N} elements")
     i32 = np.int32
     null = np.uint64(0)
     grid = (-(-lay.Np // tile.bn), -(-M // tile.bm), split)
@@ -176,8 +157,32 @@ def run(xk, kx: int, layer: kc.GpuLinear, bias, out, tile: MmaTile, split: int, 
         shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
     )
     if split > 1:
-        total = M * lay.N
-        blocks = max(1, min(-(-total // 256), 8 * sm_count()))
-        kc.function("mma_reduce")((blocks,), (256,), (ws, i32(split), bias if bias is not None else null, out,
-                                                       y_f32, i32(M), i32(lay.N)))
+        reduce_split(ws, split, bias, out, M, lay.N)
     return out
+
+
+def check_gemm_args(M: int, N: int, bias, out, split: int, ws):
+    """Validate the arguments shared by the split-K GEMM launchers (qgemm_mma, qgemm_wg): out,
+    bias, split and the workspace, which is returned (allocated when split > 1 and ws is None)."""
+    cp = kc._cupy()
+    if out.dtype not in (cp.float16, cp.float32) or out.size != M * N or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous fp16/fp32 with {M} x {N} elements")
+    if bias is not None and (bias.dtype != cp.float32 or bias.shape != (N,)):
+        raise ValueError(f"bias must be fp32 [{N}]")
+    if not 1 <= split <= 64:
+        raise ValueError(f"split must be in [1, 64], got {split}")
+    if split > 1:
+        if ws is None:
+            ws = cp.empty(split * M * N, dtype=cp.float32)
+        elif ws.dtype != cp.float32 or ws.size < split * M * N or not ws.flags.c_contiguous:
+            raise ValueError(f"ws must be a C-contiguous fp32 buffer of >= {split * M * N} elements")
+    return ws
+
+
+def reduce_split(ws, split: int, bias, out, M: int, N: int) -> None:
+    """out[M, N] = the split fp32 partials of ws added in z order, + bias, cast to out's dtype."""
+    cp = kc._cupy()
+    i32 = np.int32
+    blocks = max(1, min(-(-(M * N) // 256), 8 * sm_count()))
+    kc.function("mma_reduce")((blocks,), (256,), (ws, i32(split), bias if bias is not None else np.uint64(0), out,
+                                                   i32(out.dtype == cp.float32), i32(M), i32(N)))

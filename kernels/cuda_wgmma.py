@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cuda as kc
+from . import cuda_mma
 
 SMEM_LIMIT = 225 * 1024  # dynamic shared memory per block we allow (an H100 block may take 227 KB)
 MAX_STAGES = 6
@@ -94,10 +95,17 @@ def kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), tiles=None) -> list[str]
     return sorted({kernel_name(b, g, t) for b in bits for g in gstcs for t in tiles if fits(b, g, t)})
 
 
+_SUPPORTED: dict[int, bool] = {}
+
+
 def supported() -> bool:
-    """Whether the current CuPy device runs sm_90a code (compute capability 9.0: H100, H200)."""
+    """Whether the current CuPy device runs sm_90a code (compute capability 9.0: H100, H200);
+    asked once per device (it is on every launch's path)."""
     cp = kc._cupy()
-    return cp.cuda.Device().compute_capability == "90"
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _SUPPORTED:
+        _SUPPORTED[dev] = cp.cuda.Device(dev).compute_capability == "90"
+    return _SUPPORTED[dev]
 
 
 def available() -> bool:
@@ -108,18 +116,9 @@ def available() -> bool:
         return False
 
 
-_SMEM_SET: set[tuple[int, str]] = set()
-
-
 def function(bits: int, gstc: int, tile: WgTile):
     """The compiled kernel, with its dynamic shared-memory limit raised (once per process)."""
-    name = kernel_name(bits, gstc, tile)
-    fn = kc.function(name)
-    key = (kc._cupy().cuda.runtime.getDevice(), name)
-    if key not in _SMEM_SET:
-        fn.max_dynamic_shared_size_bytes = smem_bytes(bits, gstc, tile)
-        _SMEM_SET.add(key)
-    return fn
+    return kc.function_with_smem(kernel_name(bits, gstc, tile), smem_bytes(bits, gstc, tile))
 
 
 def wg_perm_numpy(lay: kc.TileLayout) -> np.ndarray:
@@ -186,10 +185,8 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     4 with the weights loaded straight into registers where they make at least a wave, else in
     clusters of 2 (128 x 128 where those do not fit); K' split so that the grid covers the SMs
     about once, with >= 4 units per split."""
-    from .cuda_mma import sm_count
-
     lay = layer.layout
-    sms = sm_count()
+    sms = cuda_mma.sm_count()
 
     def blocks(t: WgTile) -> int:
         return -(-lay.Np // (t.bn * t.cn)) * t.cn * -(-M // t.bm)
@@ -231,22 +228,12 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
     if (xw.dtype != cp.float16 or xw.shape != (lay.Kp // 8, Mp, 8) or not xw.flags.c_contiguous
             or xw.data.ptr % 16):
         raise ValueError(f"x must be C-contiguous 16-byte aligned fp16 {(lay.Kp // 8, Mp, 8)} in wg order (prep)")
-    if out.dtype not in (cp.float16, cp.float32) or out.size != M * lay.N or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous fp16/fp32 with {M} x {lay.N} elements")
-    if bias is not None and (bias.dtype != cp.float32 or bias.shape != (lay.N,)):
-        raise ValueError(f"bias must be fp32 [{lay.N}]")
-    if not 1 <= split <= 64:
-        raise ValueError(f"split must be in [1, 64], got {split}")
+    ws = cuda_mma.check_gemm_args(M, lay.N, bias, out, split, ws)
     if not supported():
         raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
     if M == 0:
         return out
     y_f32 = np.int32(out.dtype == cp.float32)
-    if split > 1:
-        if ws is None:
-            ws = cp.empty(split * M * lay.N, dtype=cp.float32)
-        elif ws.dtype != cp.float32 or ws.size < split * M * lay.N or not ws.flags.c_contiguous:
-            raise ValueError(f"ws must be a C-contiguous fp32 buffer of >= {split * M * lay.N} elements")
     i32 = np.int32
     null = np.uint64(0)
     grid = (-(-lay.Np // (tile.bn * tile.cn)) * tile.cn, -(-M // tile.bm), split)
@@ -258,10 +245,5 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
         shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
     )
     if split > 1:
-        from .cuda_mma import sm_count
-
-        total = M * lay.N
-        blocks = max(1, min(-(-total // 256), 8 * sm_count()))
-        kc.function("mma_reduce")((blocks,), (256,), (ws, i32(split), bias if bias is not None else null, out,
-                                                       y_f32, i32(M), i32(lay.N)))
+        cuda_mma.reduce_split(ws, split, bias, out, M, lay.N)
     return out

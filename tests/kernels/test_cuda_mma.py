@@ -73,6 +73,56 @@ def test_auto_dispatch_of_larger_m():
         assert kc.auto_path(layer(bits), 64) == "dequant"
 
 
+def test_gemm_argument_checks(monkeypatch):
+    """The checks shared by the mma and wgmma launchers (NumPy stands in for CuPy: same API here)."""
+    monkeypatch.setattr(kc, "_cupy", lambda: np)
+    out = np.zeros((3, 5), np.float16)
+    assert km.check_gemm_args(3, 5, None, out, 1, None) is None  # no workspace without a split
+    ws = km.check_gemm_args(3, 5, np.zeros(5, np.float32), out, 4, None)
+    assert ws.dtype == np.float32 and ws.size == 4 * 3 * 5
+    given = np.zeros(100, np.float32)
+    assert km.check_gemm_args(3, 5, None, out, 4, given) is given
+    for kwargs, match in (
+        ({"out": np.zeros((3, 4), np.float16)}, "out must be"),
+        ({"out": np.zeros((3, 5), np.float64)}, "out must be"),
+        ({"out": np.zeros((5, 3), np.float16).T}, "out must be"),
+        ({"bias": np.zeros(5, np.float16)}, "bias must be"),
+        ({"bias": np.zeros(4, np.float32)}, "bias must be"),
+        ({"split": 0}, "split must be"),
+        ({"split": 65}, "split must be"),
+        ({"split": 2, "ws": np.zeros(29, np.float32)}, "ws must be"),
+        ({"split": 2, "ws": np.zeros(30, np.float16)}, "ws must be"),
+    ):
+        args = {"bias": None, "out": out, "split": 1, "ws": None} | kwargs
+        with pytest.raises(ValueError, match=match):
+            km.check_gemm_args(3, 5, args["bias"], args["out"], args["split"], args["ws"])
+
+
+def test_shared_memory_limit_is_raised_once_per_device_and_kernel(monkeypatch):
+    sets = []
+
+    class Fn:
+        def __setattr__(self, key, value):
+            sets.append((key, value))
+            super().__setattr__(key, value)
+
+    class Fake:  # the CuPy attribute function_with_smem reads
+        class cuda:
+            class runtime:
+                @staticmethod
+                def getDevice():
+                    return 7
+
+    fns: dict[str, Fn] = {}
+    monkeypatch.setattr(kc, "_cupy", lambda: Fake)
+    monkeypatch.setattr(kc, "function", lambda name: fns.setdefault(name, Fn()))
+    monkeypatch.setattr(kc, "_SMEM_SET", set())
+    for _ in range(3):
+        fn = kc.function_with_smem("k<1>", 100_000)
+    assert kc.function_with_smem("k<2>", 50_000) is fns["k<2>"] and fn is fns["k<1>"]
+    assert sets == [("max_dynamic_shared_size_bytes", 100_000), ("max_dynamic_shared_size_bytes", 50_000)]
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU
 

@@ -73,6 +73,31 @@ def test_wg_perm_is_the_fragment_order(group, act_order):
                     assert wp[u * 128 + 16 * ts + 8 * jh + e] == lay.perm[kp]
 
 
+def test_supported_asks_each_device_once(monkeypatch):
+    calls = []
+
+    class Fake:
+        class cuda:
+            class runtime:
+                dev = 0
+
+                @staticmethod
+                def getDevice():
+                    return Fake.cuda.runtime.dev
+
+            class Device:
+                def __init__(self, dev):
+                    calls.append(dev)
+                    self.compute_capability = "90" if dev == 0 else "80"
+
+    monkeypatch.setattr(kc, "_cupy", lambda: Fake)
+    monkeypatch.setattr(kw, "_SUPPORTED", {})
+    assert kw.supported() and kw.supported()
+    Fake.cuda.runtime.dev = 1
+    assert not kw.supported() and not kw.available()
+    assert calls == [0, 1]
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU
 
