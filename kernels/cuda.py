@@ -574,50 +574,21 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     return out
 
 
-def row_chunks(N: int, chunks: int) -> list[tuple[int, int]]:
-    """(n0, n1) slices of N output rows for the pipelined prefill: at most `chunks`, starts on
-    multiples of 64 (aligned cuBLAS output columns), the last one ends at N."""
-    if chunks < 1:
-        raise ValueError(f"chunks must be >= 1, got {chunks}")
-    per = -(-N // chunks)
-    step = -(-per // 64) * 64
-    return [(n0, min(n0 + step, N)) for n0 in range(0, N, step)]
-
-
-def dequant_chunks(layer: GpuLinear, M: int) -> int:
-    """Slices of W^T that the prefill path ("dequant") dequantizes one after the other, overlapped
-    with cuBLAS on the previous slice (1: the whole W^T, then cuBLAS)."""
-    return 1
-
-
-def dequantize(layer: GpuLinear, out=None, rows: tuple[int, int] | None = None, blocks: int | None = None):
+def dequantize(layer: GpuLinear, out=None):
     """W^T [N, Kp] fp16 in K' order (CuPy; `out` C-contiguous [N, Kp] fp16): column kp holds
-    original column layout.perm[kp] (padding columns: whatever the codes give; x is 0 there).
-
-    rows: (n0, n1) to decode only output rows n0 <= n < n1 into `out` [n1 - n0, Kp] (n0 a multiple
-    of 16; n1 = N or a multiple of 16). blocks: grid size (default: one warp per 16 x 128 tile, the
-    grid-stride loop covers the rest).
-    """
+    original column layout.perm[kp] (padding columns: whatever the codes give; x is 0 there)."""
     cp = _cupy()
     lay = layer.layout
-    n0, n1 = (0, lay.N) if rows is None else (int(rows[0]), int(rows[1]))
-    if not (0 <= n0 < n1 <= lay.N and n0 % 16 == 0 and (n1 == lay.N or n1 % 16 == 0)):
-        raise ValueError(f"rows must be (n0, n1) with 0 <= n0 < n1 <= {lay.N}, n0 a multiple of 16 and n1 "
-                         f"= {lay.N} or a multiple of 16, got {rows}")
-    shape = (n1 - n0, lay.Kp)
     if out is None:
-        out = cp.empty(shape, dtype=cp.float16)
-    elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float16 or out.shape != shape
+        out = cp.empty((lay.N, lay.Kp), dtype=cp.float16)
+    elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float16 or out.shape != (lay.N, lay.Kp)
           or not out.flags.c_contiguous):
-        raise ValueError(f"out must be a C-contiguous CuPy float16 array of shape {shape}")
-    nts = -(-(n1 - n0) // 16)
-    tasks = nts * lay.nu
-    if blocks is None:
-        blocks = -(-tasks // (THREADS // 32))
-    blocks = max(1, min(int(blocks), 65535))
+        raise ValueError(f"out must be a C-contiguous CuPy float16 array of shape {(lay.N, lay.Kp)}")
+    tasks = (lay.Np // 16) * lay.nu
+    blocks = max(1, min(-(-tasks // (THREADS // 32)), 65535))
     function(dequant_kernel_name(lay.bits, lay.gstc))(
         (blocks,), (THREADS,),
         (layer.qw, layer.sz, out, _i32(lay.Kp), _i32(lay.Kp), _i32(lay.N), _i32(lay.Np), _i32(lay.nu),
-         _i32(lay.upg), _i32(n0 // 16), _i32(nts)),
+         _i32(lay.upg)),
     )
     return out

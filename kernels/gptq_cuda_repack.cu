@@ -4,13 +4,12 @@
 // ---------------------------------------------------------------------------------------------
 // dequantize to W^T [N, ldw] fp16 in K' order (prefill path: then cuBLAS on x in K' order).
 // Columns kp >= Kcols are not written (Kcols % 8 == 0, ldw % 8 == 0, wt 16-byte aligned).
-// Only n-tiles [nt0, nt0 + nts) are decoded; row n goes to wt row n - 16 * nt0 (a chunk of W^T for
-// the pipelined prefill: dequantize chunk c + 1 while cuBLAS multiplies chunk c). Each warp decodes one (n-tile, unit) = 16 x 128 into shared memory, then writes whole
+// Each warp decodes one (n-tile, unit) = 16 x 128 into shared memory, then writes whole
 // 256-byte row segments (16-byte stores, coalesced). Grid: any (grid-stride); block: THREADS.
 template <int BITS, int GSTC>
 __global__ void __launch_bounds__(THREADS)
 dequant_tc(const u32* __restrict__ qw, const u32* __restrict__ sz, u16* __restrict__ wt, int ldw, int Kcols,
-           int N, int Np, int NU, int upg, int nt0, int nts) {
+           int N, int Np, int NU, int upg) {
     constexpr int WPU = Fmt<BITS>::WPU;
     constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
     constexpr int S = GSTC < 8 ? 16 * GSTC : 128;
@@ -19,9 +18,9 @@ dequant_tc(const u32* __restrict__ qw, const u32* __restrict__ sz, u16* __restri
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     u32* tw = tile[warp];
-    const long long tasks = (long long)nts * NU;
+    const long long tasks = (long long)(Np / 16) * NU;
     for (long long task = (long long)blockIdx.x * WARPS + warp; task < tasks; task += (long long)gridDim.x * WARPS) {
-        const int nt = nt0 + (int)(task / NU), u = (int)(task % NU);
+        const int nt = (int)(task / NU), u = (int)(task % NU);
         u32 w[WPU];
         load_unit<BITS>(w, qw + ((size_t)nt * NU + u) * (32 * WPU), lane);
         u32 s[NGU][2];
@@ -51,7 +50,7 @@ dequant_tc(const u32* __restrict__ qw, const u32* __restrict__ sz, u16* __restri
             const int r = (lane >> 4) + 2 * i, ch = lane & 15;
             const int n = nt * 16 + r, kp = u * 128 + ch * 8;
             if (n < N && kp < Kcols)
-                *reinterpret_cast<uint4*>(wt + (size_t)(n - 16 * nt0) * ldw + kp) = *reinterpret_cast<const uint4*>(tw + r * RW + ch * 4);
+                *reinterpret_cast<uint4*>(wt + (size_t)n * ldw + kp) = *reinterpret_cast<const uint4*>(tw + r * RW + ch * 4);
         }
     }
 }

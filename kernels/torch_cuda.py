@@ -19,7 +19,6 @@ from . import cuda as kc
 _lock = threading.Lock()
 _layers: dict[int, tuple[weakref.ref, tuple, kc.GpuLinear]] = {}
 _streams: dict[tuple[int, int], object] = {}
-_side: dict[int, torch.cuda.Stream] = {}
 
 
 def to_cupy(t: torch.Tensor, device: torch.device | None = None):
@@ -114,11 +113,14 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
     with _On(x.device):
         xc2 = to_cupy(x2)
         if path == "dequant":
-            xk = x2
-            if not kc.x_in_place(layer, xc2):
-                xk = torch.empty((M, lay.Kp), dtype=torch.float16, device=x.device)
-                kc.gather_x(layer, xc2, to_cupy(xk))
-            y = dequant_matmul(xk, layer)
+            wt = torch.empty((N, lay.Kp), dtype=torch.float16, device=x.device)  # K' order
+            kc.dequantize(layer, out=to_cupy(wt))
+            if kc.x_in_place(layer, xc2):
+                y = torch.nn.functional.linear(x2, wt[:, :K])
+            else:
+                xg = torch.empty((M, lay.Kp), dtype=torch.float16, device=x.device)
+                kc.gather_x(layer, xc2, to_cupy(xg))
+                y = torch.nn.functional.linear(xg, wt)
             if bias is not None:
                 y = y.float().add_(bias) if out_dtype == torch.float32 else y.add_(bias.to(y.dtype))
         else:
@@ -142,56 +144,6 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
             kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path=path,
                             xbuf=xbuf, tile=tile, split=split, ws=ws)
     return y.to(out_dtype).reshape(*x.shape[:-1], N)
-
-
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    with _lock:
-        stream = _side.get(index)
-        if stream is None:
-            stream = _side[index] = torch.cuda.Stream(index)
-    return stream
-
-
-def dequant_matmul(xk: torch.Tensor, layer: kc.GpuLinear, chunks: int | None = None,
-                   blocks: int | None = None) -> torch.Tensor:
-    """y [M, N] fp16 = xk @ W through fp16 W^T and cuBLAS (the prefill path).
-
-    xk: CUDA fp16 [M, K] (x read in place, `kc.x_in_place`) or [M, Kp] in K' order. W^T is
-    dequantized in `chunks` slices of output rows (default `kc.dequant_chunks`); slice c + 1 is
-    decoded on a side stream while cuBLAS multiplies slice c on the current stream (two scratch
-    slices, so the fp16 copy of W never exists whole). blocks: grid of the dequantize kernel.
-    """
-    lay = layer.layout
-    M, Kw = xk.shape
-    N = lay.N
-    bounds = kc.row_chunks(N, kc.dequant_chunks(layer, M) if chunks is None else chunks)
-    rows = max(n1 - n0 for n0, n1 in bounds)
-    nbuf = min(2, len(bounds))
-    bufs = [torch.empty((rows, lay.Kp), dtype=torch.float16, device=xk.device) for _ in range(nbuf)]
-    if len(bounds) == 1:
-        kc.dequantize(layer, out=to_cupy(bufs[0]), blocks=blocks)
-        return torch.nn.functional.linear(xk, bufs[0][:, :Kw])
-    y = torch.empty((M, N), dtype=torch.float16, device=xk.device)
-    main = torch.cuda.current_stream(xk.device)
-    side = _side_stream(xk.device)
-    side.wait_stream(main)  # x and the scratch slices are ready
-    freed: list[torch.cuda.Event | None] = [None] * nbuf
-    for c, (n0, n1) in enumerate(bounds):
-        buf = bufs[c % nbuf][: n1 - n0]
-        with torch.cuda.stream(side):
-            if freed[c % nbuf] is not None:
-                side.wait_event(freed[c % nbuf])  # cuBLAS is done with this slice
-            with _On(xk.device):
-                kc.dequantize(layer, out=to_cupy(buf), rows=(n0, n1), blocks=blocks)
-            ready = torch.cuda.Event()
-            ready.record(side)
-        main.wait_event(ready)
-        torch.mm(xk, buf[:, :Kw].t(), out=y[:, n0:n1])
-        if c + nbuf < len(bounds):
-            freed[c % nbuf] = torch.cuda.Event()
-            freed[c % nbuf].record(main)
-    return y
 
 
 def quant_linear_cuda(x, qweight, scales, qzeros, g_idx, bias, in_features, out_features, bits, group_size=None):

@@ -165,18 +165,6 @@ def test_kernel_source_ships_with_the_package():
         assert name in src
 
 
-@pytest.mark.parametrize("N", [1, 64, 100, 4096, 11008, 28672])
-@pytest.mark.parametrize("chunks", [1, 2, 3, 7, 100])
-def test_row_chunks_cover_the_rows_in_aligned_slices(N, chunks):
-    got = kc.row_chunks(N, chunks)
-    assert 1 <= len(got) <= chunks
-    assert got[0][0] == 0 and got[-1][1] == N
-    assert all(a1 == b0 for (_, a1), (b0, _) in zip(got, got[1:], strict=False))
-    assert all(n0 % 64 == 0 and n0 < n1 for n0, n1 in got)
-    with pytest.raises(ValueError, match="chunks"):
-        kc.row_chunks(N, 0)
-
-
 def test_kernel_names_and_default_plan():
     assert kc.small_kernel_name(4, 1, 1, 8, True, 4) == "qgemm_small<4,1,1,8,1,4,0>"
     assert kc.small_kernel_name(3, 1, 1, 8, False, 2, 3, 4) == "qgemm_split<3,1,8,0,2,3,4>"
@@ -304,23 +292,6 @@ def test_gpu_dequantize_is_the_reference_weight(cp, bits, case):
     got = wt[:, valid]
     ref = w[:, lay.perm[valid]]
     assert rel_err(got, ref) < 1e-3, f"seed {seed}"  # fp16 weights and scales
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", (3, 4, 8))
-@pytest.mark.parametrize("blocks", (None, 1, 3))
-def test_gpu_dequantize_rows_are_slices_of_the_whole_bit_exactly(cp, bits, blocks):
-    rng = np.random.default_rng(fresh_seed())
-    K, N = 300, 200  # N not a multiple of 16 or 64, K' padded
-    gl = kc.GpuLinear.from_packed(*random_layer(rng, bits, K, N, 64, True), bits, K, N)
-    whole = cp.asnumpy(kc.dequantize(gl)).view(np.uint16)
-    for n0, n1 in [(0, 16), (16, 64), (64, 200), (192, 200), *kc.row_chunks(N, 3)]:
-        out = cp.full((n1 - n0, gl.layout.Kp), np.nan, dtype=cp.float16)
-        got = cp.asnumpy(kc.dequantize(gl, out=out, rows=(n0, n1), blocks=blocks)).view(np.uint16)
-        np.testing.assert_array_equal(got, whole[n0:n1], err_msg=f"rows {n0}:{n1}")
-    for rows in [(8, 64), (0, 0), (0, 201), (64, 72)]:
-        with pytest.raises(ValueError, match="rows must be"):
-            kc.dequantize(gl, rows=rows)
 
 
 @pytest.mark.gpu
@@ -469,29 +440,6 @@ def test_torch_custom_op_on_cuda_equals_cpu(torch_cuda, bits, M):
     got = quant_linear(x.cuda().half().reshape(1, M, K), *dev, torch.zeros(0, device="cuda"), K, N, bits, 128)
     ref = quant_linear(x.reshape(1, M, K), *t, torch.zeros(0), K, N, bits, 128)
     assert float((got.float().cpu() - ref).norm() / ref.norm()) <= TOL
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("act", (False, True))
-@pytest.mark.parametrize("chunks", (1, 2, 3, 7))
-def test_torch_pipelined_prefill_matches_reference(torch_cuda, act, chunks):
-    torch = torch_cuda
-    from gptq_export.kernels import torch_cuda as tc
-
-    seed = fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, M = 576, 456, 70
-    layer = random_layer(rng, 4, K, N, 128, act)
-    gl = tc.gpu_linear(*[torch.from_numpy(a).cuda() for a in layer], 4, K, N, torch.device("cuda"))
-    x = rng.standard_normal((M, K)).astype(np.float16)
-    ref = quant_matmul(x.astype(np.float64), *layer, None, 4, K, N)
-    xt = torch.from_numpy(x).cuda()
-    with tc._On(xt.device):
-        xk = xt if kc.x_in_place(gl, tc.to_cupy(xt)) else torch.from_dlpack(kc.gather_x(gl, tc.to_cupy(xt)))
-        for _ in range(2):  # the second call reuses the side stream and PyTorch's cached blocks
-            y = tc.dequant_matmul(xk, gl, chunks=chunks)
-            assert y.shape == (M, N) and y.dtype == torch.float16
-            assert rel_err(y.float().cpu().numpy(), ref) < TOL, f"seed {seed}"
 
 
 @pytest.mark.gpu
