@@ -277,15 +277,15 @@ def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8))
 
 def sweep_kernel_names(bits=(4, 3), gstc: int = 8, wide: bool = False) -> list[tuple[str, dict]]:
     """Fused-kernel variants for M <= 8 that tools/bench_kernels.py --sweep times: (name, quant_matmul
-    keyword arguments). wide: M = 1 variants of units in flight per warp (pd) and output tiles per
+    keyword arguments). wide: variants of units in flight per warp (pd) and output tiles per
     block (nt) at every occupancy, no split-K (--gemv-sweep)."""
     out = []
     for b in bits:
         if wide:
             for xs in (True, False):
                 for occ in (4, 3, 2):
-                    for pd in (0, 1, 2, 3, 4, 6):
-                        for nt in (1, 2):
+                    for pd in (0, 1, 2):
+                        for nt in (1, 2, 4):
                             kw = {"xs": xs, "occ": occ, "cs": 1, "pd": pd, "nt": nt}
                             out.append((small_kernel_name(b, 1, nt, gstc, xs, occ, pd, 1), kw))
             continue

@@ -243,8 +243,8 @@ def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> lis
 
 def sweep(shapes, timer, device, gen, l2, wide: bool = False) -> list[dict]:
     """M = 1 and 4: time every fused-kernel variant of kernels.cuda.sweep_kernel_names (x staged
-    's' or read from global memory 'g', blocks per SM, blocks per split-K cluster 'c'; wide: M = 1
-    only, units in flight per warp 'p' and output tiles per block 'n') next to the default plan,
+    's' or read from global memory 'g', blocks per SM, blocks per split-K cluster 'c'; wide:
+    units in flight per warp 'p' and output tiles per block 'n', no split-K) next to the default plan,
     and check each against the default's output."""
     from gptq_export.kernels import cuda as kc
 
@@ -255,7 +255,7 @@ def sweep(shapes, timer, device, gen, l2, wide: bool = False) -> list[dict]:
     rows = []
     for K, N in shapes:
         for bits in (4, 3):
-            rows += _sweep_shape(K, N, bits, variants, timer, device, gen, l2, (1,) if wide else (1, 4))
+            rows += _sweep_shape(K, N, bits, variants, timer, device, gen, l2, (1, 4))
             torch.cuda.empty_cache()
     labels = sorted({k for r in rows for k in r["variants"]})
     w = max(7, *(len(lb) for lb in labels))
@@ -365,7 +365,7 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="time the M <= 8 kernel variants first")
     ap.add_argument("--sweep-only", action="store_true")
     ap.add_argument("--gemv-sweep", action="store_true",
-                    help="M = 1 only: time the fused kernel at every occupancy x units in flight x tiles per block")
+                    help="M = 1 and 4: time the fused kernel at every occupancy x units in flight x tiles per block")
     ap.add_argument("--mma-sweep", action="store_true", help="time every qgemm_mma tile x split first (M 64, 512)")
     ap.add_argument("--mma-sweep-only", action="store_true")
     ap.add_argument("--wg-sweep", action="store_true", help="time every qgemm_wg (Hopper wgmma) tile x split first")
