@@ -38,8 +38,9 @@ make ``half2(1024 + q_lo, 1024 + q_hi)``:
 Paths of `quant_matmul` (M = rows of x):
 
 - M <= MAX_FUSED_M (M < MMA_MIN_M for bits in MMA_BITS): `qgemm_small`, one fused tensor-core kernel that streams the packed weights
-  once (see gptq_cuda.cu). M = 1 stages x in shared memory (4 blocks per SM for 3/4 bits); other
-  M read x from global memory. Act-order, fp32 or unaligned x first go through `prep_x` (one small
+  once (see gptq_cuda.cu). Each block takes 16 output columns, or 32 for M <= 8 with 3/4 bits when
+  N is wide enough (NT2_BLOCKS_PER_SM). x is read from global memory (4 blocks per SM for 3/4 bits),
+  staged in shared memory only for M = 1 with 3 bits on large matrices. Act-order, fp32 or unaligned x first go through `prep_x` (one small
   kernel: x in K' order, fp16). `qgemm_split` (M <= 8, on request: `cs=2` or `4`) splits K over a
   cluster of blocks; measured slower than `qgemm_small` on every benchmark shape of an H100, so
   it is not used by default (see docs/gpu-results.md).
@@ -94,6 +95,12 @@ SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as 
 #: from M = 256 (250-315 TFLOP/s at M = 512 with mma.sync; cuBLAS uses wgmma). Bits 2 and 8 are
 #: tested on qgemm_mma (path="mma") but not benchmarked: they keep the earlier paths.
 MMA_BITS = (3, 4)
+#: M <= 8, 3/4 bits, groups >= 128: the small-M kernel takes two output tiles (32 columns) per block
+#: and one unit of each in flight per warp when that leaves at least this many blocks per SM, else
+#: one tile. Measured on an H100 (tools/bench_kernels.py --gemv-sweep, docs/gpu-results.md), M = 1:
+#: 8192 x 28672 4-bit 46.7 -> 44.8 us, 3-bit 42.4 -> 38.9 us, 4096 x 11008 4-bit 13.1 -> 11.7 us;
+#: slower where N gives fewer blocks (4096 x 4096: 6.8 -> 7.7 us; 8192 x 8192 about even).
+NT2_BLOCKS_PER_SM = 2.5
 MMA_MIN_M = 17
 MMA_MAX_M = 128
 #: On sm_90 (H100 / H200), `quant_matmul(path="auto")` runs the wgmma GEMM (`qgemm_wg`,
@@ -122,6 +129,7 @@ _WG_OPTIONS = ("-arch=sm_90a",)
 
 _lock = threading.Lock()
 _functions: dict[tuple[int, str], Any] = {}
+_sms: dict[int, int] = {}
 
 
 def _cupy():
@@ -264,6 +272,7 @@ def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8))
     for b in (3, 4):  # tile and occupancy variants of the tests and benchmarks
         names += [small_kernel_name(b, mt, nt, 8, False) for mt, nt in ((2, 1), (2, 2), (4, 1), (4, 2))]
         names += [small_kernel_name(b, 2, 1, 8, True)] + [small_kernel_name(b, 1, 1, 8, True, o) for o in (3, 4)]
+        names += [small_kernel_name(b, 1, 2, 8, xs, 4, _default_pd(1, 2)) for xs in (True, False)]  # wide N
     for b in (3, 4):  # units-in-flight variants of the tests
         names += [small_kernel_name(b, 1, 1, 8, True, occ, pd, cs) for occ, pd in ((4, 1), (3, 3), (2, 6))
                   for cs in (1, 2)]
@@ -371,11 +380,31 @@ class GpuLinear:
 # CuPy: matmul
 
 
-def _default_nt(bits: int, mt: int, gstc: int, N: int | None) -> int:
+def _sm_count() -> int:
+    """Streaming multiprocessors of the current CUDA device (cached)."""
+    cp = _cupy()
+    dev = cp.cuda.Device().id
+    n = _sms.get(dev)
+    if n is None:
+        n = _sms[dev] = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
+    return n
+
+
+def _default_nt(bits: int, mt: int, gstc: int, N: int | None, sms: int | None = None) -> int:
     """Output tiles (16 columns) per warp: 2 shares each x fragment between 32 columns at MT = 2
-    (M 9..16) when the prefetch slot stays small enough to fit 128 registers without spills."""
+    (M 9..16) when the prefetch slot stays small enough to fit 128 registers without spills; and
+    at MT = 1 (M <= 8) for 3/4 bits with groups >= 128 when N (on a GPU of `sms` SMs) still gives
+    NT2_BLOCKS_PER_SM blocks per SM (then one unit of each tile in flight: `_default_pd`)."""
     ngu = 8 // gstc if gstc < 8 else 1
+    if mt == 1 and bits in (3, 4) and gstc == 8 and N is not None and sms:
+        return 2 if -(-N // N_ALIGN) * N_ALIGN // 32 >= NT2_BLOCKS_PER_SM * sms else 1
     return 2 if mt == 2 and WORDS_PER_UNIT[bits] + 2 * ngu <= 12 else 1
+
+
+def _default_pd(mt: int, nt: int) -> int:
+    """Units in flight per warp of the fused kernel (0: the kernel's own default for its occupancy):
+    1 for MT = 1 with two output tiles per block (two units in flight, as NT = 1 has by default)."""
+    return 1 if mt == 1 and nt == 2 else 0
 
 
 def _default_occ(bits: int, mt: int, gstc: int) -> int:
@@ -408,10 +437,10 @@ def _mt_for(M: int) -> int:
 
 
 def fused_config(layer: GpuLinear, M: int, mt: int | None = None, nt: int | None = None) -> tuple[int, int]:
-    """(MT, NT) of the small-M kernel for M rows (see `_default_nt`)."""
+    """(MT, NT) of the small-M kernel for M rows on the current device (see `_default_nt`)."""
     lay = layer.layout
     mt = mt or _mt_for(min(M, 8 * 8))
-    nt = nt or _default_nt(lay.bits, mt, lay.gstc, lay.N)
+    nt = nt or _default_nt(lay.bits, mt, lay.gstc, lay.N, _sm_count())
     if mt not in (1, 2, 4, 8) or nt not in (1, 2, 4):
         raise ValueError(f"unsupported kernel tile MT={mt} NT={nt}")
     return mt, nt
@@ -493,7 +522,7 @@ def auto_path(layer: GpuLinear, M: int) -> str:
 
 def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto", mt: int | None = None,
                  nt: int | None = None, xs: bool | None = None, occ: int | None = None, cs: int | None = None,
-                 pd: int = 0, xbuf=None, tile=None, split: int | None = None, ws=None):
+                 pd: int | None = None, xbuf=None, tile=None, split: int | None = None, ws=None):
     """y[..., N] = x[..., K] @ W + bias on the current device and CuPy stream.
 
     x: CuPy float16 or float32 [..., K] (copied if not C-contiguous); y has x's dtype.
@@ -504,7 +533,8 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     kernels.cuda_wgmma.wg_matmul; xbuf is then its prepared-x buffer of cuda_wgmma.xbuf_size elements), "dequant" (fp16 W^T
     into a scratch buffer, then cuBLAS), or
     "auto" (`auto_path`; "fused" when any of mt / nt / xs / occ / cs is given). mt / nt / xs / occ / cs / pd override the fused kernel's tile, x staging,
-    blocks per SM, blocks per split-K cluster (MT = 1) and units in flight per warp (0: default)
+    blocks per SM, blocks per split-K cluster (MT = 1) and units in flight per warp (None:
+    `_default_pd`; 0: the kernel's default for its occupancy)
     (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
     `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
     when needed and None.
@@ -542,6 +572,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         return out
     if path == "fused":
         mt, nt = fused_config(layer, M, mt, nt)
+        pd = _default_pd(mt, nt) if pd is None else pd
         if cs not in (None, 1, 2, 4) or (cs and cs > 1 and mt != 1):
             raise ValueError(f"cs must be 1, 2 or 4 (2 and 4 with MT = 1), got {cs} with MT={mt}")
         so = staged_x(layer, M, mt, occ, nt, cs or 4)

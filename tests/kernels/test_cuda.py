@@ -184,6 +184,13 @@ def test_kernel_names_and_default_plan():
     assert not kc._stage_default(layer(3, 4096, 4096), 1)
     assert kc._default_occ_global(4, 1, 8) == 4 and kc._default_occ_global(8, 1, 8) == 2
     assert kc._default_occ_global(4, 2, 8) == 2
+    # Two output tiles per block (one unit of each in flight) for M <= 8 when N is wide enough.
+    assert kc._default_nt(4, 1, 8, 11008, 132) == 2 and kc._default_nt(3, 1, 8, 28672, 132) == 2
+    assert kc._default_nt(4, 1, 8, 8192, 132) == 1 and kc._default_nt(4, 1, 8, 11008, 160) == 1
+    assert kc._default_nt(8, 1, 8, 28672, 132) == 1 and kc._default_nt(4, 1, 4, 28672, 132) == 1
+    assert kc._default_nt(4, 1, 8, 28672, None) == 1 and kc._default_nt(4, 2, 8, 28672, 132) == 2
+    assert kc._default_pd(1, 2) == 1 and kc._default_pd(1, 1) == 0 and kc._default_pd(2, 2) == 0
+    assert kc.small_kernel_name(4, 1, 2, 8, False, 4, 1) in kc.common_kernel_names()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,7 +266,7 @@ def test_gpu_fp32_activations_and_both_paths(cp, bits, case, M, path):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", (3, 4))
-@pytest.mark.parametrize("mt,nt", [(1, 1), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1)])
+@pytest.mark.parametrize("mt,nt", [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1)])
 def test_gpu_every_tile_config_and_misaligned_x(cp, bits, mt, nt):
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
@@ -272,6 +279,25 @@ def test_gpu_every_tile_config_and_misaligned_x(cp, bits, mt, nt):
         for xs in (False, True) if mt <= 2 else (False,):
             got = _run(cp, gl, x, None, path="fused", mt=mt, nt=nt, xs=xs)
             assert rel_err(got, ref) <= TOL, f"xs {xs} seed {seed}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("act", (False, True))
+def test_gpu_wide_layer_default_plan_takes_two_tiles_per_block(cp, bits, act):
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    sms = kc._sm_count()
+    K, N = 520, int(np.ceil(kc.NT2_BLOCKS_PER_SM * sms)) * 32 + 40  # N' = N + 24; K' padded
+    layer = random_layer(rng, bits, K, N, 128, act)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    for M, dtype in ((1, np.float16), (3, np.float32), (8, np.float16)):
+        assert kc.fused_config(gl, M) == (1, 2)
+        x = rng.standard_normal((M, K)).astype(dtype)
+        bias = rng.standard_normal(N).astype(np.float32)
+        ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
+        got = _run(cp, gl, cp.asarray(x), cp.asarray(bias))
+        assert rel_err(got, ref) <= TOL, f"M {M} seed {seed}"
 
 
 @pytest.mark.gpu
