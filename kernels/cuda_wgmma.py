@@ -28,7 +28,7 @@ from . import cuda_mma
 
 SMEM_LIMIT = 225 * 1024  # dynamic shared memory per block we allow (an H100 block may take 227 KB)
 MAX_STAGES = 6
-MIN_STAGES = 3  # the pipeline loads unit it + STAGES - 2 while unit it computes
+MIN_STAGES = 3  # the pipeline loads unit it + STAGES - 1 while unit it computes
 UNIT = kc.UNIT
 
 
@@ -37,7 +37,7 @@ class WgTile:
     fw: int  # m64 output tiles per warpgroup
     bm: int  # tokens per block (the wgmma N: 64, 128 or 256)
     cn: int = 1  # CTAs per cluster along N (they share each x stage through multicast)
-    wr: bool = False  # weights loaded straight into registers (one unit ahead), not staged by TMA
+    wr: int = 0  # > 0: weights loaded straight into registers, wr units ahead, not staged by TMA
     nwg: int = 2  # warpgroups per block
 
     @property
@@ -46,19 +46,22 @@ class WgTile:
 
     @property
     def threads(self) -> int:
-        return 128 * self.nwg + 32  # consumer warpgroups + one producer warp
+        return 128 * self.nwg + 128  # consumer warpgroups + a producer warpgroup
 
     @property
     def label(self) -> str:
-        return f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
+        return (f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "")
+                + ("r" if self.wr else "") + (str(self.wr) if self.wr > 1 else ""))
 
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
-#: cN = clusters of N blocks along the outputs sharing x).
+#: cN = clusters of N blocks along the outputs sharing x, r / r2 = weights loaded into registers
+#: one / two units ahead).
 TILES = {t.label: t for t in (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
-    WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
+    WgTile(1, 128, 1, 1), WgTile(1, 128, 2, 1), WgTile(1, 256, 2, 1), WgTile(1, 256, 4, 1),
+    WgTile(1, 128, 1, 2), WgTile(1, 128, 2, 2), WgTile(1, 256, 2, 2), WgTile(1, 256, 4, 2),
 )}
 
 
@@ -169,10 +172,9 @@ def prep(x2, layer: kc.GpuLinear, out=None):
           or not out.flags.c_contiguous):
         raise ValueError(f"the x buffer must be a C-contiguous CuPy float16 array of {Mp * lay.Kp} elements")
     out = out.reshape(lay.Kp // 8, Mp, 8)
-    chunks = (lay.Kp // 8) * Mp
-    if chunks:
+    if lay.Kp and Mp:
         kc.function("prep_xwg")(
-            (-(-chunks // kc.THREADS),), (kc.THREADS,),
+            (lay.Kp // UNIT, Mp // 32), (kc.THREADS,),
             (x2, np.int32(lay.K), np.int32(x2.dtype == cp.float32), wg_perm(layer), out, np.int32(M), np.int32(Mp),
              np.int32(lay.Kp)),
         )
@@ -181,10 +183,11 @@ def prep(x2, layer: kc.GpuLinear, out=None):
 
 def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     """(tile, split) for M rows, from tile sweeps on an H100 (tools/bench_kernels.py --wg-sweep,
-    tools/probe_wgmma.py): 256 x 128 blocks up to 128 rows; above, 128 x 256 blocks in clusters of
-    4 with the weights loaded straight into registers where they make at least a wave, else in
-    clusters of 2 (128 x 128 where those do not fit); K' split so that the grid covers the SMs
-    about once, with >= 4 units per split."""
+    tools/probe_wgmma.py): 256 x 128 blocks up to 128 rows; above, 128 x 256 blocks with the
+    weights loaded straight into registers, in clusters of 4 where they make at least a wave,
+    else of 2 where those make about one, else 128 x 128 blocks (the staged-weight tiles where the
+    register ones do not fit: 8 bits, 4 bits with groups of 16); K' split so that the grid covers
+    the SMs about once, with >= 4 units per split."""
     lay = layer.layout
     sms = cuda_mma.sm_count()
 
@@ -193,10 +196,14 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
 
     if M <= 128:
         tile = TILES["256x128"]
+    elif blocks(TILES["128x256c4r"]) >= sms:
+        tile = TILES["128x256c4r"]
+    elif blocks(TILES["128x256c2r"]) >= 0.9 * sms:
+        tile = TILES["128x256c2r"]
     else:
-        tile = TILES["128x256c4r"] if blocks(TILES["128x256c4r"]) >= sms else TILES["128x256c2"]
-        if not fits(lay.bits, lay.gstc, tile):  # 8 bits, or 4 bits with groups of 16
-            tile = TILES["128x128"]
+        tile = TILES["128x128r"]
+    if not fits(lay.bits, lay.gstc, tile):
+        tile = TILES["128x128"]
     split = max(1, min(8, sms // blocks(tile), lay.nu // 4))
     return tile, split
 

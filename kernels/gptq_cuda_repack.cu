@@ -79,25 +79,34 @@ prep_x(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather, const
 }
 
 // x [M, ldx] (fp16 or fp32) -> xw [Kp/8][Mp][8] fp16 for the wgmma kernel (gptq_wgmma.cu):
-// xw[c][m][e] = x[m, perm[8c + e]] (0 where perm < 0 or m >= M). One thread per 16-byte chunk,
-// consecutive threads on consecutive rows m (each chunk row [c][.] is contiguous).
+// xw[c][m][e] = x[m, perm[8c + e]] (0 where perm < 0 or m >= M). A block transposes one tile of
+// 32 rows x 128 positions (one unit) through shared memory: it gathers the tile row by row (a
+// warp reads one row's elements, all within that row), then writes its 16 chunk rows, each a
+// contiguous 512-byte run of 32 consecutive rows m. Grid: (Kp / 128, Mp / 32); block: THREADS.
 extern "C" __global__ void __launch_bounds__(THREADS)
 prep_xwg(const void* __restrict__ x, int ldx, int x_f32, const int* __restrict__ perm, uint4* __restrict__ xw, int M,
          int Mp, int Kp) {
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long long)(Kp >> 3) * Mp) return;
-    const int c = (int)(idx / Mp), m = (int)(idx % Mp);
-    u32 h[8];
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-        const int k = m < M ? perm[8 * c + e] : -1;
-        h[e] = 0u;
-        if (k >= 0) {
-            if (x_f32) h[e] = f2h(reinterpret_cast<const float*>(x)[(size_t)m * ldx + k]);
-            else h[e] = reinterpret_cast<const u16*>(x)[(size_t)m * ldx + k];
+    constexpr int RS = 128 + 8;  // tile row stride in halves (272 bytes: rows 16 bytes apart in the banks)
+    __shared__ __align__(16) u16 tile[32 * RS];
+    const int u = blockIdx.x, m0 = blockIdx.y * 32;
+    const int q = threadIdx.x & 127;
+    const int k = perm[u * 128 + q];
+#pragma unroll 4
+    for (int r = threadIdx.x >> 7; r < 32; r += THREADS / 128) {
+        const int m = m0 + r;
+        u16 h = 0;
+        if (k >= 0 && m < M) {
+            if (x_f32) h = f2h(reinterpret_cast<const float*>(x)[(size_t)m * ldx + k]);
+            else h = ld_nc_u16(reinterpret_cast<const u16*>(x) + (size_t)m * ldx + k);
         }
+        tile[r * RS + q] = h;
     }
-    xw[idx] = make_uint4(h[0] | (h[1] << 16), h[2] | (h[3] << 16), h[4] | (h[5] << 16), h[6] | (h[7] << 16));
+    __syncthreads();
+#pragma unroll
+    for (int i = threadIdx.x; i < 16 * 32; i += THREADS) {
+        const int p = i >> 5, r = i & 31;
+        xw[(size_t)(u * 16 + p) * Mp + m0 + r] = *reinterpret_cast<const uint4*>(tile + r * RS + 8 * p);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

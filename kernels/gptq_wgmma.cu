@@ -8,16 +8,18 @@
 //   the packed words (wgmma's register-A fragment of a warp is mma.m16n8k16's A fragment, so each
 //   warp decodes its 16-output n-tile exactly as qgemm_mma does); x^T (BM tokens x k16) is the B
 //   operand, read by the tensor cores from shared memory (K-major, no swizzle).
-//   Block: NWG consumer warpgroups + one producer warp; consumer warpgroup wg owns FW m64 tiles
+//   Block: NWG consumer warpgroups + a producer warpgroup (one warp issues the copies; setmaxnreg
+//   moves its registers to the consumers); consumer warpgroup wg owns FW m64 tiles
 //   (64 outputs each) x BM tokens, with FW wgmma.m64n{BM}k16 per k-step. Block tile BN = 64*FW*NWG
 //   outputs x BM tokens. K' is walked one unit (128 positions = 8 k-steps) per pipeline stage.
 //   The producer warp fills the STAGES slots with 1-D bulk copies (the TMA engine) completing on
 //   one "full" mbarrier per slot, and refills a slot once every consumer thread has arrived on its
 //   "consumed" mbarrier (CTA-local; with clusters the producer then also waits for every CTA's
-//   producer on the slot's "empty" mbarrier). Consumers release unit it - 2 at the top of unit it
-//   (at most INFLIGHT wgmma groups, all of unit it - 1, are then pending). WR = 1: the packed
-//   weights skip shared memory: each consumer warp loads its n-tile's words for the next unit
-//   into registers (plain loads, as the GEMV does), only SZ and X are staged.
+//   producer on the slot's "empty" mbarrier). Consumers release unit it - 1 once INFLIGHT k-steps
+//   of unit it are issued (at most INFLIGHT wgmma groups, all of unit it, are then pending), so
+//   the producer fills unit it + STAGES - 1 while unit it computes. WR > 0: the packed weights
+//   skip shared memory: each consumer warp loads its n-tile's words WR units ahead into registers
+//   (plain loads, as the GEMV does; a ring of WR units), only SZ and X are staged.
 //   Stage: W (BN/16 blocks of 32*WPU words, verbatim; none with WR), SZ (NGU rows of BN sz words), X: 16 chunks
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
@@ -36,7 +38,7 @@
 // xw: as above, 16-byte aligned. qw, sz: the tc layout; upg: units per group (GSTC == 8).
 // bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
 // lbo / sbo: descriptor byte offsets (BM*16 and 128).
-// Grid: (ceil(Np / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 32 threads;
+// Grid: (ceil(Np / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 128 threads;
 // dynamic shared memory: STAGES * WgCfg::STAGE_BYTES (128-byte aligned stages).
 
 // Profiling only (tools/probe_wgmma.py --ablate compiles with -DWG_ABLATE=1..5): 1 skips the
@@ -143,7 +145,12 @@ struct WgCfg {
     static constexpr int WPU = Fmt<BITS>::WPU;
     static constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
     static constexpr int S = GSTC < 8 ? 16 * GSTC : 128;
-    static constexpr int NTHREADS = 128 * NWG + 32;  // consumer warpgroups + the producer warp
+    // consumer warpgroups + a producer warpgroup (one warp of it issues the copies)
+    static constexpr int NTHREADS = 128 * NWG + 128;
+    // registers per thread after setmaxnreg: the producer warpgroup gives its share to the consumers
+    static constexpr int PRODUCER_REGS = 40;
+    static constexpr int CONSUMER_REGS_RAW = (65536 - 128 * PRODUCER_REGS) / (128 * NWG) / 8 * 8;
+    static constexpr int CONSUMER_REGS = CONSUMER_REGS_RAW > 256 ? 256 : CONSUMER_REGS_RAW;
     // wgmma groups left in flight while the next k-step is decoded (each holds its A registers);
     // 1 where the accumulators leave no registers for more (the 168-register cap of 288 threads)
     static constexpr int INFLIGHT = FW * BM >= 256 ? 1 : 2;
@@ -154,6 +161,12 @@ struct WgCfg {
     static constexpr int X_BYTES = 16 * BM * 16;
     static constexpr int STAGE_BYTES = X_OFF + X_BYTES;
 };
+
+// Register reallocation between warpgroups (every warp of a warpgroup executes it).
+template <int R>
+__device__ __forceinline__ void setmaxnreg_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
+template <int R>
+__device__ __forceinline__ void setmaxnreg_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
 // mbarrier (one per stage, count 1: the expect_tx arrival) and 1-D bulk copies (TMA engine).
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
@@ -243,7 +256,7 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
 }
 
 template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES>
-__global__ void __launch_bounds__(128 * NWG + 32, 1) __cluster_dims__(CN, 1, 1)
+__global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
          int Np, int NU, int upg, int split, int lbo, int sbo) {
@@ -283,8 +296,9 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     if constexpr (CN > 1) cluster_sync_all();  // barriers initialised before any CTA signals them
     else __syncthreads();
 
-    if (warp == 4 * NWG) {  // producer warp: refills slot v % STAGES once unit v - STAGES is consumed
-        for (int v = 0; v < iters; ++v) {
+    if (wg == NWG) {  // producer warpgroup: its first warp refills slot v % STAGES once unit v - STAGES is consumed
+        setmaxnreg_dec<C::PRODUCER_REGS>();
+        for (int v = 0; v < (wq == 0 ? iters : 0); ++v) {
             const int s = v % STAGES;
             if (v >= STAGES) {
                 const u32 par = ((v / STAGES) - 1) & 1;
@@ -298,50 +312,52 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
                                                         Mp, qw, sz, Np, NU, upg, nt0, m0, lane, rank);
         }
     } else {
-    u32 wn[FW][C::WPU];  // WR: the next unit's packed words
-    if constexpr (WR) {
+    setmaxnreg_inc<C::CONSUMER_REGS>();
+    // WR > 0: ring of the next WR units' packed words (registers), loaded WR units ahead
+    constexpr int WD = WR > 0 ? WR : 1;
+    u32 wn[WD][FW][C::WPU];
+    if constexpr (WR > 0) {
 #pragma unroll
-        for (int f = 0; f < FW; ++f) {
-            const int nt = nt0 + (wg * FW + f) * 4 + wq;
-            if (iters > 0 && nt < Np / 16)
-                load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin) * (32 * C::WPU), lane);
-        }
+        for (int d = 0; d < WD; ++d)
+#pragma unroll
+            for (int f = 0; f < FW; ++f) {
+                const int nt = nt0 + (wg * FW + f) * 4 + wq;
+                if (d < iters && nt < Np / 16)
+                    load_unit<BITS>(wn[d][f], qw + ((size_t)nt * NU + u_begin + d) * (32 * C::WPU), lane);
+            }
     }
-    for (int it = 0; it < iters; ++it) {
-        // at most INFLIGHT (<= 8) groups, of unit it - 1, are pending: unit it - 2 is complete, release
-        // its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
-        if (it >= 2) mbar_arrive_local(s_consumed + 8 * ((it - 2) % STAGES));
+    auto unit = [&](int it, u32 (&wslot)[FW][C::WPU]) {
         mbar_wait(s_full + 8 * (it % STAGES), (it / STAGES) & 1);
         const unsigned char* st = smem + (it % STAGES) * C::STAGE_BYTES;
         const u32* sw = reinterpret_cast<const u32*>(st);
         const u32* ssz = reinterpret_cast<const u32*>(st + C::W_BYTES);
         const u32 s_x = smem_u32(st + C::X_OFF);
         u32 w[FW][C::WPU];
-        if constexpr (WR) {  // this unit's words (loaded one unit ahead), then the next unit's
+        if constexpr (WR > 0) {  // this unit's words (loaded WR units ahead), then unit it + WR's
 #pragma unroll
             for (int f = 0; f < FW; ++f) {
 #pragma unroll
-                for (int i = 0; i < C::WPU; ++i) w[f][i] = wn[f][i];
+                for (int i = 0; i < C::WPU; ++i) w[f][i] = wslot[f][i];
                 const int nt = nt0 + (wg * FW + f) * 4 + wq;
-                if (it + 1 < iters && nt < Np / 16)
-                    load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU), lane);
+                if (it + WD < iters && nt < Np / 16)
+                    load_unit<BITS>(wslot[f], qw + ((size_t)nt * NU + u_begin + it + WD) * (32 * C::WPU), lane);
             }
         } else {
 #pragma unroll
-        for (int f = 0; f < FW; ++f) {
-            const u32* base = sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU);
-            if constexpr (BITS == 3) {
-                const uint4 v = *reinterpret_cast<const uint4*>(base + lane * 4);
-                const uint2 h = *reinterpret_cast<const uint2*>(base + 128 + lane * 2);
-                w[f][0] = v.x; w[f][1] = v.y; w[f][2] = v.z; w[f][3] = v.w; w[f][4] = h.x; w[f][5] = h.y;
-            } else {
+            for (int f = 0; f < FW; ++f) {
+                const u32* base = sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU);
+                if constexpr (BITS == 3) {
+                    const uint4 v = *reinterpret_cast<const uint4*>(base + lane * 4);
+                    const uint2 h = *reinterpret_cast<const uint2*>(base + 128 + lane * 2);
+                    w[f][0] = v.x; w[f][1] = v.y; w[f][2] = v.z; w[f][3] = v.w; w[f][4] = h.x; w[f][5] = h.y;
+                } else {
 #pragma unroll
-                for (int c = 0; c < C::WPU / 4; ++c) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(base + c * 128 + lane * 4);
-                    w[f][4 * c] = v.x; w[f][4 * c + 1] = v.y; w[f][4 * c + 2] = v.z; w[f][4 * c + 3] = v.w;
+                    for (int c = 0; c < C::WPU / 4; ++c) {
+                        const uint4 v = *reinterpret_cast<const uint4*>(base + c * 128 + lane * 4);
+                        w[f][4 * c] = v.x; w[f][4 * c + 1] = v.y; w[f][4 * c + 2] = v.z; w[f][4 * c + 3] = v.w;
+                    }
                 }
             }
-        }
         }
         u32 zz[FW][2], sc[FW][2];
 #pragma unroll
@@ -371,7 +387,15 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
                 else acc[f][0] += __uint_as_float(a[f][0] ^ a[f][3] ^ (u32)desc);
             wg_commit();
             wg_wait<C::INFLIGHT>();
+            // at most INFLIGHT groups, all of this unit, are pending now: unit it - 1 is complete,
+            // release its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
+            if (ts == C::INFLIGHT - 1 && it >= 1) mbar_arrive_local(s_consumed + 8 * ((it - 1) % STAGES));
         }
+    };
+    for (int it0 = 0; it0 < iters; it0 += WD) {
+#pragma unroll
+        for (int h = 0; h < WD; ++h)
+            if (it0 + h < iters) unit(it0 + h, wn[h]);
     }
     wg_wait<0>();
 #pragma unroll

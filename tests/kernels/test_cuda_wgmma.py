@@ -28,10 +28,12 @@ MS = (1, 17, 64, 100, 130, 512)
 def test_wgmma_source_and_names():
     assert "qgemm_wg" not in kc.source() and "qgemm_wg" in kc.source(wgmma=True)
     t = kw.TILES["128x128"]
-    assert (t.bn, t.bm, t.threads) == (128, 128, 288)
+    assert (t.bn, t.bm, t.threads) == (128, 128, 384)  # two consumer warpgroups + the producer's
     assert kw.kernel_name(4, 8, t) == f"qgemm_wg<4,8,1,128,2,1,0,{kw.stages_for(4, 8, t)}>"
     assert kw.TILES["128x128c2"].cn == 2 and kw.TILES["128x128c2"].bn == 128
     assert kw.TILES["256x128"].bn == 256 and kw.TILES["128x256"].bm == 256
+    assert kw.TILES["128x256c4r"].wr == 1 and kw.TILES["128x256c4r2"].wr == 2
+    assert kw.kernel_name(4, 8, kw.TILES["128x128r2"]).startswith("qgemm_wg<4,8,1,128,2,1,2,")
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -160,6 +162,25 @@ def test_gpu_wgmma_rejects_bad_arguments(hopper):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("group,act", [(128, False), (128, True), (32, True), (-1, False)])
+@pytest.mark.parametrize("M", (1, 33, 300))
+@pytest.mark.parametrize("dtype", (np.float16, np.float32))
+def test_gpu_prep_is_the_wg_order_gather_bit_exactly(hopper, group, act, M, dtype):
+    cp = hopper
+    rng = np.random.default_rng(test_cuda.fresh_seed())
+    K, N = 1000, 64  # K' padded past K
+    gl = kc.GpuLinear.from_packed(*random_layer(rng, 4, K, N, group, act), 4, K, N)
+    x = rng.standard_normal((M, K)).astype(dtype)
+    perm = kw.wg_perm_numpy(gl.layout)
+    Mp = kw.padded_rows(M)
+    ref = np.zeros((Mp, gl.layout.Kp), np.float16)
+    ref[:M, perm >= 0] = x[:, perm[perm >= 0]].astype(np.float16)
+    out = cp.full(kw.xbuf_size(gl, M), np.nan, cp.float16)
+    got = cp.asnumpy(kw.prep(cp.asarray(x), gl, out))  # [Kp/8, Mp, 8]
+    np.testing.assert_array_equal(got.transpose(1, 0, 2).reshape(Mp, -1).view(np.uint16), ref.view(np.uint16))
+
+
+@pytest.mark.gpu
 def test_gpu_wgmma_through_the_torch_front_end(hopper):
     """torch_cuda.linear(path="wgmma") (buffers from PyTorch's allocator) equals path="dequant"."""
     torch = pytest.importorskip("torch")
@@ -200,7 +221,9 @@ def test_default_plan_covers_the_gpu(monkeypatch):
 
     monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
     for K, N, M, label, split in ((8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
-                                  (8192, 28672, 256, "128x256c4r", 1), (8192, 8192, 256, "128x256c2", 2)):
+                                  (8192, 28672, 256, "128x256c4r", 1), (8192, 8192, 256, "128x128r", 1),
+                                  (8192, 8192, 512, "128x256c2r", 1), (4096, 4096, 512, "128x128r", 1),
+                                  (4096, 4096, 256, "128x128r", 2)):
         lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, K // 128)
         tile, sp = kw.default_plan(kc.GpuLinear(lay, None, None, None), M)
         assert (tile.label, sp) == (label, split), (K, N, M)
