@@ -106,16 +106,16 @@ MMA_MAX_M = 128
 #: On sm_90 (H100 / H200), `quant_matmul(path="auto")` runs the wgmma GEMM (`qgemm_wg`,
 #: kernels/cuda_wgmma.py) for WG_MIN_M <= M <= WG_MAX_M rows of MMA_BITS layers with at least
 #: WG_MIN_WEIGHTS weights: measured there (tools/bench_kernels.py --wg-sweep, docs/gpu-results.md)
-#: 1.0-1.4x faster than the paths above at M = 128 / 256 on 4096 x 11008 and larger, slower on
-#: 4096 x 4096 and at M = 512 (dequantize + cuBLAS stays the prefill path there).
+#: 1.2-1.9x faster than qgemm_mma at M = 128 and 1.3-1.8x faster than dequantize + cuBLAS at
+#: M = 256 on 4096 x 11008 and larger; about even with them on 4096 x 4096.
 WG_MIN_M = 128
 WG_MAX_M = 256
 WG_MIN_WEIGHTS = 32 << 20
-#: ... and up to WG_BIG_MAX_M rows for layers of at least WG_BIG_WEIGHTS weights (8192 x 28672: the
-#: wgmma kernel with clusters of 4 and register-loaded weights took 464 us at M = 512 against 521 us
-#: for dequantize + cuBLAS, tools/probe_wgmma.py).
+#: ... and up to WG_BIG_MAX_M rows for layers of at least WG_BIG_WEIGHTS weights: at M = 512, 8192 x
+#: 8192 130 us against 153 for dequantize + cuBLAS, 8192 x 28672 443 against 526; smaller layers
+#: (4096 x 11008: 126 against 107) keep dequantize + cuBLAS there.
 WG_BIG_MAX_M = 512
-WG_BIG_WEIGHTS = 128 << 20
+WG_BIG_WEIGHTS = 64 << 20
 _OPTIONS = ("-std=c++17",)
 #: The Hopper wgmma kernels (`qgemm_wg<...>`, kernels/cuda_wgmma.py) are compiled as a second module:
 #: SOURCES + WG_SOURCE with sm_90a's arch-specific instructions (CuPy appends its own -arch=sm_90

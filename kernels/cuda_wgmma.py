@@ -55,14 +55,16 @@ class WgTile:
 
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
-#: cN = clusters of N blocks along the outputs sharing x, r / r2 = weights loaded into registers
-#: one / two units ahead).
+#: cN = clusters of N blocks along the outputs sharing x, r = weights loaded into registers one
+#: unit ahead).
 TILES = {t.label: t for t in (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, 1), WgTile(1, 128, 2, 1), WgTile(1, 256, 2, 1), WgTile(1, 256, 4, 1),
-    WgTile(1, 128, 1, 2), WgTile(1, 128, 2, 2), WgTile(1, 256, 2, 2), WgTile(1, 256, 4, 2),
 )}
+#: Weights two units ahead in registers (``WgTile(..., wr=2)``, label ``...r2``) compile and pass
+#: the tests but measured no faster than one unit ahead on any H100 benchmark shape (--wg-sweep,
+#: docs/gpu-results.md), so they are not swept.
 
 
 def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:
@@ -147,6 +149,9 @@ def wg_perm(layer: kc.GpuLinear):
 
 
 ROW_ALIGN = 256  # rows of the prepared x: a multiple of every tile's BM
+#: 128 x 256 tiles in clusters of 4 need N' / 128 >= this x SMs (H100: 4096 x 11008 at 256 rows,
+#: 64 us in clusters of 4 against 70 in clusters of 2; 8192 x 8192 at 512 rows: 202 us against 119).
+C4_BLOCKS_PER_SM = 0.6
 
 
 def padded_rows(M: int) -> int:
@@ -183,11 +188,11 @@ def prep(x2, layer: kc.GpuLinear, out=None):
 
 def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     """(tile, split) for M rows, from tile sweeps on an H100 (tools/bench_kernels.py --wg-sweep,
-    tools/probe_wgmma.py): 256 x 128 blocks up to 128 rows; above, 128 x 256 blocks with the
-    weights loaded straight into registers, in clusters of 4 where they make at least a wave,
-    else of 2 where those make about one, else 128 x 128 blocks (the staged-weight tiles where the
-    register ones do not fit: 8 bits, 4 bits with groups of 16); K' split so that the grid covers
-    the SMs about once, with >= 4 units per split."""
+    docs/gpu-results.md): 256 x 128 blocks up to 128 rows; above, 128 x 256 blocks with the
+    weights loaded straight into registers, in clusters of 4 where N gives at least C4_BLOCKS_PER_SM
+    blocks of 128 outputs per SM, else of 2 (128 x 128 blocks where those tiles do not fit shared
+    memory: 8 bits, 4 bits with groups of 16); K' split so that the grid covers the SMs about once,
+    with >= 4 units per split."""
     lay = layer.layout
     sms = cuda_mma.sm_count()
 
@@ -196,12 +201,8 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
 
     if M <= 128:
         tile = TILES["256x128"]
-    elif blocks(TILES["128x256c4r"]) >= sms:
-        tile = TILES["128x256c4r"]
-    elif blocks(TILES["128x256c2r"]) >= 0.9 * sms:
-        tile = TILES["128x256c2r"]
     else:
-        tile = TILES["128x128r"]
+        tile = TILES["128x256c4r" if -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms else "128x256c2r"]
     if not fits(lay.bits, lay.gstc, tile):
         tile = TILES["128x128"]
     split = max(1, min(8, sms // blocks(tile), lay.nu // 4))

@@ -32,8 +32,8 @@ def test_wgmma_source_and_names():
     assert kw.kernel_name(4, 8, t) == f"qgemm_wg<4,8,1,128,2,1,0,{kw.stages_for(4, 8, t)}>"
     assert kw.TILES["128x128c2"].cn == 2 and kw.TILES["128x128c2"].bn == 128
     assert kw.TILES["256x128"].bn == 256 and kw.TILES["128x256"].bm == 256
-    assert kw.TILES["128x256c4r"].wr == 1 and kw.TILES["128x256c4r2"].wr == 2
-    assert kw.kernel_name(4, 8, kw.TILES["128x128r2"]).startswith("qgemm_wg<4,8,1,128,2,1,2,")
+    assert kw.TILES["128x256c4r"].wr == 1 and kw.WgTile(1, 128, 1, 2).label == "128x128r2"
+    assert kw.kernel_name(4, 8, kw.WgTile(1, 128, 1, 2)).startswith("qgemm_wg<4,8,1,128,2,1,2,")
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -117,7 +117,8 @@ def _plans(bits, gstc):
     labels = [lb for lb, t in kw.TILES.items() if kw.fits(bits, gstc, t)]
     if bits not in (3, 4):
         labels = labels[:2]
-    return [(lb, s) for lb in labels for s in (1, 3)] + [(None, None)]
+    r2 = [kw.WgTile(1, 128, 1, 2), kw.WgTile(1, 256, 4, 2)]  # weights 2 units ahead (not swept)
+    return [(lb, s) for lb in labels + [t for t in r2 if kw.fits(bits, gstc, t)] for s in (1, 3)] + [(None, None)]
 
 
 @pytest.mark.gpu
@@ -212,6 +213,7 @@ def test_auto_dispatch_picks_wgmma_only_on_hopper(monkeypatch):
     assert kc.auto_path(big, kc.WG_MIN_M - 1) == "mma" and kc.auto_path(big, kc.WG_MAX_M + 1) == "dequant"
     huge = layer(4, 8192, 28672)
     assert kc.auto_path(huge, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(huge, kc.WG_BIG_MAX_M + 1) == "dequant"
+    assert kc.auto_path(big, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(layer(4, 4096, 11008), 512) == "dequant"
     monkeypatch.setattr(kw, "available", lambda: False)
     assert kc.auto_path(big, 128) == "mma" and kc.auto_path(big, 256) == "dequant"
 
@@ -221,9 +223,9 @@ def test_default_plan_covers_the_gpu(monkeypatch):
 
     monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
     for K, N, M, label, split in ((8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
-                                  (8192, 28672, 256, "128x256c4r", 1), (8192, 8192, 256, "128x128r", 1),
-                                  (8192, 8192, 512, "128x256c2r", 1), (4096, 4096, 512, "128x128r", 1),
-                                  (4096, 4096, 256, "128x128r", 2)):
+                                  (8192, 28672, 256, "128x256c4r", 1), (8192, 8192, 256, "128x256c2r", 2),
+                                  (8192, 8192, 512, "128x256c2r", 1), (4096, 11008, 256, "128x256c4r", 1),
+                                  (11008, 4096, 256, "128x256c2r", 4), (4096, 4096, 512, "128x256c2r", 2)):
         lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, K // 128)
         tile, sp = kw.default_plan(kc.GpuLinear(lay, None, None, None), M)
         assert (tile.label, sp) == (label, split), (K, N, M)
