@@ -210,10 +210,11 @@ def test_auto_dispatch_picks_wgmma_only_on_hopper(monkeypatch):
     for M in (kc.WG_MIN_M, kc.WG_MAX_M):
         assert kc.auto_path(big, M) == "wgmma" and kc.auto_path(layer(3, 4096, 11008), M) == "wgmma"
         assert kc.auto_path(small, M) != "wgmma" and kc.auto_path(layer(8, 8192, 8192), M) == "dequant"
-    assert kc.auto_path(big, kc.WG_MIN_M - 1) == "mma" and kc.auto_path(big, kc.WG_MAX_M + 1) == "dequant"
+    mid = layer(4, 4096, 11008)  # >= WG_MIN_WEIGHTS, < WG_BIG_WEIGHTS
+    assert kc.auto_path(big, kc.WG_MIN_M - 1) == "mma" and kc.auto_path(mid, kc.WG_MAX_M + 1) == "dequant"
     huge = layer(4, 8192, 28672)
     assert kc.auto_path(huge, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(huge, kc.WG_BIG_MAX_M + 1) == "dequant"
-    assert kc.auto_path(big, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(layer(4, 4096, 11008), 512) == "dequant"
+    assert kc.auto_path(big, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(mid, 512) == "dequant"
     monkeypatch.setattr(kw, "available", lambda: False)
     assert kc.auto_path(big, 128) == "mma" and kc.auto_path(big, 256) == "dequant"
 
