@@ -179,12 +179,10 @@ def check_gemm_args(M: int, N: int, bias, out, split: int, ws):
     return ws
 
 
-def reduce_split(ws, split: int, bias, out, M: int, N: int, n0: int = 0) -> None:
-    """out[:, n0:N] = the split fp32 partials of ws ([split, M, N - n0]) added in z order, + bias,
-    cast to out's dtype (out: [M, N]; n0 > 0: qgemm_wg's split tail, a column band)."""
+def reduce_split(ws, split: int, bias, out, M: int, N: int) -> None:
+    """out[M, N] = the split fp32 partials of ws added in z order, + bias, cast to out's dtype."""
     cp = kc._cupy()
     i32 = np.int32
-    nb = N - n0
-    blocks = max(1, min(-(-(M * nb) // 256), 8 * sm_count()))
+    blocks = max(1, min(-(-(M * N) // 256), 8 * sm_count()))
     kc.function("mma_reduce")((blocks,), (256,), (ws, i32(split), bias if bias is not None else np.uint64(0), out,
-                                                   i32(out.dtype == cp.float32), i32(M), i32(nb), i32(N), i32(n0)))
+                                                   i32(out.dtype == cp.float32), i32(M), i32(N)))

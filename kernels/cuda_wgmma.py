@@ -209,39 +209,6 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     return tile, split
 
 
-def schedule(layer: kc.GpuLinear, M: int, tile: WgTile, split: int, tail: int | None = None) -> tuple[int, int, int]:
-    """(full, tail, split) of the kernel's block schedule for `tile` and `split`.
-
-    split > 1: every tile is split over K' (full = 0). split == 1: tiles run whole, except that
-    when the grid ends in a partial wave the tiles of that wave (whole n-columns of clusters) are
-    split in `tail` parts (None: as many as fill the SMs once, up to 8, >= 4 units each; 0 or 1:
-    never), so that the last wave is short instead of leaving SMs idle."""
-    lay = layer.layout
-    gx = -(-lay.Np // (tile.bn * tile.cn)) * tile.cn
-    gy = -(-M // tile.bm)
-    tiles = gx * gy
-    if split > 1:
-        return 0, tiles, split
-    sms = cuda_mma.sm_count()
-    band = tile.cn * gy  # tiles of one n-column of clusters
-    full = (tiles // sms) * sms // band * band
-    rest = tiles - full
-    if tail is None:
-        tail = min(8, sms // rest if rest else 0, lay.nu // 4) if full else 0
-    if tail < 2 or not rest:
-        return tiles, 0, 1
-    return full, rest, tail
-
-
-def ws_size(layer: kc.GpuLinear, M: int, tile: WgTile, split: int, tail: int | None = None) -> int:
-    """fp32 elements of the workspace a launch needs (0: none)."""
-    full, rest, sp = schedule(layer, M, tile, split, tail)
-    if sp < 2:
-        return 0
-    n_band = full // (tile.cn * -(-M // tile.bm)) * tile.cn * tile.bn
-    return sp * M * (layer.layout.N - n_band)
-
-
 def wg_matmul(x2, layer: kc.GpuLinear, bias, out, *, tile: WgTile | str | None = None, split: int | None = None,
               ws=None, xbuf=None):
     """out[M, N] = x2[M, K] @ W + bias (x2: CuPy fp16/fp32 [M, K], C-contiguous); returns out."""
@@ -254,14 +221,13 @@ def wg_matmul(x2, layer: kc.GpuLinear, bias, out, *, tile: WgTile | str | None =
     return run(xw, x2.shape[0], layer, bias, out, tile, split, ws)
 
 
-def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws=None, *, tail: int | None = None,
-        lbo: int | None = None, sbo: int | None = None):
-    """Launch qgemm_wg (+ mma_reduce when tiles are split) for M rows.
+def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws=None, *, lbo: int | None = None,
+        sbo: int | None = None):
+    """Launch qgemm_wg (+ mma_reduce when split > 1) for M rows.
 
     xw:   CuPy fp16 [Kp/8, padded_rows(M), 8] in wg order (`prep`), C-contiguous, 16-byte aligned.
     bias: CuPy fp32 [N] or None.   out: CuPy fp16 or fp32 with M*N elements, C-contiguous (written whole).
-    split: K' parts of every tile (> 1), or 1: whole tiles, the last partial wave's split in `tail`
-    parts (`schedule`). ws: optional CuPy fp32 buffer of >= `ws_size` elements (allocated when None).
+    ws:   optional CuPy fp32 buffer of >= split*M*N elements (split > 1; allocated when None).
     lbo / sbo: shared-memory descriptor offsets (tests of the layout only; default BM*16 / 128).
     """
     cp = kc._cupy()
@@ -275,24 +241,17 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
         raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
     if M == 0:
         return out
-    full, rest, sp = schedule(layer, M, tile, split, tail)
-    need = ws_size(layer, M, tile, split, tail)
-    if need and split == 1:
-        if ws is None:
-            ws = cp.empty(need, dtype=cp.float32)
-        elif ws.dtype != cp.float32 or ws.size < need or not ws.flags.c_contiguous:
-            raise ValueError(f"ws must be a C-contiguous fp32 buffer of >= {need} elements")
     y_f32 = np.int32(out.dtype == cp.float32)
     i32 = np.int32
     null = np.uint64(0)
+    grid = (-(-lay.Np // (tile.bn * tile.cn)) * tile.cn, -(-M // tile.bm), split)
     function(lay.bits, lay.gstc, tile)(
-        (full + rest * sp,), (tile.threads,),
-        (xw, i32(Mp), layer.qw, layer.sz, bias if bias is not None else null,  # whole tiles add it
-         out, y_f32, ws if sp > 1 else null, i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(lay.upg),
-         i32(sp), i32(full), i32(rest), i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo)),
+        grid, (tile.threads,),
+        (xw, i32(Mp), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
+         out, y_f32, ws if split > 1 else null, i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(lay.upg),
+         i32(split), i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo)),
         shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
     )
-    if sp > 1:
-        n_band = full // (tile.cn * -(-M // tile.bm)) * tile.cn * tile.bn
-        cuda_mma.reduce_split(ws, sp, bias, out, M, lay.N, n_band)
+    if split > 1:
+        cuda_mma.reduce_split(ws, split, bias, out, M, lay.N)
     return out

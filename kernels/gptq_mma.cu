@@ -236,20 +236,17 @@ qgemm_mma(const u16* __restrict__ x, int ldx, int Kx, const u32* __restrict__ qw
     }
 }
 
-// y[:, n0:n0+Nb] = sum_z ws[z, M, Nb] (in z order) + bias, cast to fp16 (y_f32 = 0) or fp32; y has
-// row stride ldy (the whole matrix: n0 = 0, Nb = ldy = N; the Hopper kernel's split tail: a column band).
+// y[M, N] = sum_z ws[z, M, N] (in z order) + bias, cast to fp16 (y_f32 = 0) or fp32.
 extern "C" __global__ void __launch_bounds__(256)
 mma_reduce(const float* __restrict__ ws, int split, const float* __restrict__ bias, void* __restrict__ y, int y_f32,
-           int M, int Nb, int ldy, int n0) {
-    const long long total = (long long)M * Nb;
+           int M, int N) {
+    const long long total = (long long)M * N;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total;
          idx += (long long)gridDim.x * blockDim.x) {
         float v = 0.f;
         for (int z = 0; z < split; ++z) v += ws[z * total + idx];
-        const int m = (int)(idx / Nb), n = n0 + (int)(idx % Nb);
-        if (bias != nullptr) v += bias[n];
-        const size_t o = (size_t)m * ldy + n;
-        if (y_f32) reinterpret_cast<float*>(y)[o] = v;
-        else reinterpret_cast<u16*>(y)[o] = f2h(v);
+        if (bias != nullptr) v += bias[idx % N];
+        if (y_f32) reinterpret_cast<float*>(y)[idx] = v;
+        else reinterpret_cast<u16*>(y)[idx] = f2h(v);
     }
 }

@@ -32,17 +32,13 @@
 //   chunks spread over the CTAs); a slot is refilled only after every CTA of the cluster released
 //   it (the producers arrive on each other's "empty" mbarriers). The grid's x is a multiple of CN;
 //   CTAs past N' only help load X.
-//   Schedule: a 1-D grid of nfull + ntail*split blocks; tiles in cluster order, n-major (see the
-//   kernel). The first nfull tiles (a multiple of CN * ceil(M / BM): whole n-columns) take all of
-//   K'; part z of the other ntail tiles takes the units [NU*z/split, NU*(z+1)/split) and writes
-//   fp32 partials of the column band [n_band, N) to ws[z][M][N - n_band] (mma_reduce adds them in
-//   z order, adds bias and casts). nfull = 0: every tile split (plain split-K); ntail = 0: none.
-//   Splitting only the tiles of the last, partial wave keeps the SMs busy to the end.
+//   split > 1: blockIdx.z takes the units [NU*z/split, NU*(z+1)/split) and writes fp32 partials to
+//   ws[z][M][N] (mma_reduce adds them in z order, adds bias and casts).
 //
 // xw: as above, 16-byte aligned. qw, sz: the tc layout; upg: units per group (GSTC == 8).
-// bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N - n_band].
+// bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
 // lbo / sbo: descriptor byte offsets (BM*16 and 128).
-// Grid: (nfull + ntail * split); block: 128*NWG + 128 threads;
+// Grid: (ceil(Np / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 128 threads;
 // dynamic shared memory: STAGES * WgCfg::STAGE_BYTES (128-byte aligned stages).
 
 // Profiling only (tools/probe_wgmma.py --ablate compiles with -DWG_ABLATE=1..5): 1 skips the
@@ -263,7 +259,7 @@ template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGE
 __global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
-         int Np, int NU, int upg, int split, int nfull, int ntail, int lbo, int sbo) {
+         int Np, int NU, int upg, int split, int lbo, int sbo) {
     using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
     static_assert(STAGES >= 2, "a slot is refilled while the others compute");
     extern __shared__ uint4 wg_smem[];
@@ -272,22 +268,9 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wg = warp >> 2, wq = warp & 3;
     const int g = lane >> 2, t = lane & 3;
-    // Tile schedule (1-D grid of nfull + ntail * split blocks): tiles are taken per cluster, n-major
-    // (cluster c -> n-blocks (c / gy) * CN .. + CN - 1, m-block c % gy); the first nfull tiles run
-    // whole, the other ntail tiles are split over K' into `split` parts (all first parts, then all
-    // second parts, ...) that write fp32 partials of the column band [n_band, N) to ws.
-    const int gy = (M + BM - 1) / BM;
-    const int cb = (int)blockIdx.x / CN, fc = nfull / CN;
-    int c = cb, z = 0, nsplit = 1;
-    if (cb >= fc) {
-        const int t = cb - fc, rc = ntail / CN;
-        z = t / rc;
-        c = fc + t % rc;
-        nsplit = split;
-    }
-    const int nt0 = ((c / gy) * CN + (int)(blockIdx.x % CN)) * (C::BN / 16), m0 = (c % gy) * BM;
-    const int n_band = fc / gy * CN * C::BN, nb_w = N - n_band;
-    const int u_begin = (int)((long long)NU * z / nsplit), u_end = (int)((long long)NU * (z + 1) / nsplit);
+    const int nt0 = blockIdx.x * (C::BN / 16), m0 = blockIdx.y * BM;
+    const int z = blockIdx.z;
+    const int u_begin = (int)((long long)NU * z / split), u_end = (int)((long long)NU * (z + 1) / split);
     const int iters = u_end - u_begin;
 
     float acc[FW][BM / 2];
@@ -425,13 +408,13 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
         for (int e = 0; e < 4; ++e) {
             const int n = (nt0 + (wg * FW + f) * 4 + wq) * 16 + g + 8 * (e >> 1);
             if (n >= N) continue;
-            const float bn = (nsplit == 1 && bias != nullptr) ? bias[n] : 0.f;
+            const float bn = (split == 1 && bias != nullptr) ? bias[n] : 0.f;
 #pragma unroll
             for (int i = 0; i < BM / 8; ++i) {
                 const int m = m0 + 8 * i + 2 * t + (e & 1);
                 if (m >= M) continue;
                 const float v = acc[f][4 * i + e];
-                if (nsplit > 1) ws[((size_t)z * M + m) * nb_w + (n - n_band)] = v;
+                if (split > 1) ws[((size_t)z * M + m) * N + n] = v;
                 else if (y_f32) reinterpret_cast<float*>(y)[(size_t)m * N + n] = v + bn;
                 else reinterpret_cast<u16*>(y)[(size_t)m * N + n] = f2h(v + bn);
             }

@@ -137,11 +137,8 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
                 from . import cuda_mma, cuda_wgmma
 
                 tile, split = (cuda_mma if path == "mma" else cuda_wgmma).default_plan(layer, M)
-                nws = split * M * N if split > 1 else 0
-                if path == "wgmma":  # split tail of the last wave
-                    nws = cuda_wgmma.ws_size(layer, M, tile, split)
-                if nws:
-                    ws = to_cupy(torch.empty(nws, dtype=torch.float32, device=x.device))
+                if split > 1:
+                    ws = to_cupy(torch.empty(split * M * N, dtype=torch.float32, device=x.device))
             elif path != "fused":
                 raise ValueError(f"path must be 'auto', 'fused', 'mma', 'wgmma' or 'dequant', got {path!r}")
             kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path=path,

@@ -16,7 +16,6 @@ from test_cuda_mma import CASES, check_equals_dequant_and_deterministic, check_f
 
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import cuda_wgmma as kw
-from gptq_export.kernels.reference import quant_matmul
 
 BITS = (2, 3, 4, 8)
 MS = (1, 17, 64, 100, 130, 512)
@@ -161,54 +160,6 @@ def test_gpu_wgmma_rejects_bad_arguments(hopper):
     xw = kw.prep(x, gl)
     assert xw.shape == (gl.layout.Kp // 8, kw.padded_rows(40), 8)
     assert not cp.asnumpy(xw[:, 40:]).any()  # rows >= M are zeros
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("label", ["128x128", "128x128c2r", "128x256c4r", "256x128c2"])
-@pytest.mark.parametrize("tail", (2, 3))
-def test_gpu_wgmma_split_tail_of_the_last_wave(hopper, monkeypatch, label, tail):
-    from gptq_export.kernels import cuda_mma
-
-    cp = hopper
-    monkeypatch.setattr(cuda_mma, "sm_count", lambda: 5)  # a small "GPU": several waves, a partial last one
-    seed = test_cuda.fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, M = 576, 1000, 300
-    layer = random_layer(rng, 4, K, N, 128, True)
-    gl = kc.GpuLinear.from_packed(*layer, 4, K, N)
-    tile = kw.TILES[label]
-    full, rest, sp = kw.schedule(gl, M, tile, 1, tail)
-    assert full > 0 and rest > 0 and sp == tail  # the schedule under test: whole tiles, then a split tail
-    x = rng.standard_normal((M, K)).astype(np.float16)
-    bias = rng.standard_normal(N).astype(np.float32)
-    ref = quant_matmul(x.astype(np.float64), *layer, bias, 4, K, N)
-    xw = kw.prep(cp.asarray(x), gl)
-    for dtype in (cp.float16, cp.float32):
-        out = cp.full((M, N), np.nan, dtype=dtype)
-        kw.run(xw, M, gl, cp.asarray(bias), out, tile, 1, tail=tail)
-        got = cp.asnumpy(out)
-        assert np.isfinite(got).all(), "unwritten outputs"
-        assert rel_err(got, ref) <= test_cuda.TOL, f"{label} tail {tail} seed {seed}"
-
-
-def test_schedule_splits_only_the_last_partial_wave(monkeypatch):
-    from gptq_export.kernels import cuda_mma
-
-    monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
-
-    def layer(K, N):
-        return kc.GpuLinear(kc.plan_layout(np.arange(K) // 128, 4, K, N, K // 128), None, None, None)
-
-    c4, c2 = kw.TILES["128x256c4r"], kw.TILES["128x256c2r"]
-    # 8192 x 28672 at 512 rows: 448 tiles = 3.4 waves -> 392 whole (49 n-columns of 4 x 2), 56 in halves
-    assert kw.schedule(layer(8192, 28672), 512, c4, 1) == (392, 56, 2)
-    assert kw.ws_size(layer(8192, 28672), 512, c4, 1) == 2 * 512 * (28672 - 49 * 4 * 128)
-    assert kw.schedule(layer(4096, 11008), 512, c4, 1) == (128, 48, 2)
-    assert kw.schedule(layer(8192, 8192), 512, c2, 1) == (128, 0, 1)  # under one wave: whole tiles
-    assert kw.schedule(layer(8192, 28672), 256, c4, 1) == (224, 0, 1)  # tail of 92: no room to split
-    assert kw.schedule(layer(8192, 28672), 512, c4, 1, tail=0) == (448, 0, 1)
-    assert kw.schedule(layer(8192, 8192), 512, c2, 3) == (0, 128, 3)  # split-K: every tile
-    assert kw.ws_size(layer(8192, 8192), 512, c2, 1) == 0 and kw.ws_size(layer(8192, 8192), 512, c2, 3) == 3 * 512 * 8192
 
 
 @pytest.mark.gpu
