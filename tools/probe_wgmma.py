@@ -3,8 +3,9 @@ dequantize + cuBLAS, then the time of each tile x split (kernel only, x prepared
 cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
 
     python tools/probe_wgmma.py [K N M]            # default 4096 4096 512
-    python tools/probe_wgmma.py K N M --ablate     # where the time goes: the kernel rebuilt without
-                                                   # the wgmma, without the x copies (-DWG_ABLATE)
+    python tools/probe_wgmma.py K N M --ablate [--tiles T1,T2]  # where the time goes: the kernel
+                                                   # rebuilt without the decode, the wgmma, the x
+                                                   # copies (-DWG_ABLATE); default: six tiles
     python tools/probe_wgmma.py K N M --one TILE   # run one tile a few times (for a profiler)
 """
 
@@ -25,14 +26,14 @@ def f_timer():
     return Timer(torch.device("cuda"))
 
 
-def ablate(cp, kc, kw, xw, M, gl, timer) -> None:
+def ablate(cp, kc, kw, xw, M, gl, timer, labels) -> None:
     lay = gl.layout
     out = cp.empty((M, lay.N), dtype=cp.float16)
     real = kw.function
-    for label in ("128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r"):
+    for label in labels:
         tile = kw.TILES[label]
         row = []
-        for mode in (0, 2, 3):
+        for mode in (0, 1, 2, 3):
             name = kw.kernel_name(lay.bits, lay.gstc, tile)
             mod = cp.RawModule(code=kc.source(True), name_expressions=(name,),
                                options=kc._OPTIONS + kc._WG_OPTIONS + (f"-DWG_ABLATE={mode}",))
@@ -65,24 +66,27 @@ def main() -> None:
     gl = kc.GpuLinear.from_packed(*layer, 4, K, N)
     x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
     ref = kc.quant_matmul(x, gl, path="dequant").astype(cp.float32)
-    t0 = time.time()
-    kw.function(4, 8, kw.TILES["128x128"])
-    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
     xw = kw.prep(x, gl)
-    for tile in kw.TILES.values():
-        out = cp.full((M, N), np.nan, dtype=cp.float16)
-        kw.run(xw, M, gl, None, out, tile, 1)
-        err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
-        print(f"tile {tile.label}: rel err vs dequantize + cuBLAS {err:.1e}", flush=True)
-    if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
-        ablate(cp, kc, kw, xw, M, gl, f_timer())
-        return
-    if "--one" in sys.argv:  # for a profiler: the 128 x 128 tile a few times
+    if "--one" in sys.argv:  # for a profiler: one tile a few times
         out = cp.empty((M, N), dtype=cp.float16)
         for _ in range(5):
             kw.run(xw, M, gl, None, out, kw.TILES[sys.argv[sys.argv.index("--one") + 1]], 1)
         cp.cuda.runtime.deviceSynchronize()
         return
+    if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
+        labels = ("128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r")
+        if "--tiles" in sys.argv:
+            labels = tuple(sys.argv[sys.argv.index("--tiles") + 1].split(","))
+        ablate(cp, kc, kw, xw, M, gl, f_timer(), labels)
+        return
+    t0 = time.time()
+    kw.function(4, 8, kw.TILES["128x128"])
+    print(f"compiled in {time.time() - t0:.1f}s", flush=True)
+    for tile in kw.TILES.values():
+        out = cp.full((M, N), np.nan, dtype=cp.float16)
+        kw.run(xw, M, gl, None, out, tile, 1)
+        err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+        print(f"tile {tile.label}: rel err vs dequantize + cuBLAS {err:.1e}", flush=True)
     timer = f_timer()
     w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
 
