@@ -199,13 +199,6 @@ __device__ __forceinline__ int kpos(int u, int ts, int t) {
 // ---------------------------------------------------------------------------------------------
 // fused small-M kernel
 
-// The fused kernel also prefetches each warp's packed words into L2 this many rounds (of PD units)
-// beyond its register prefetch (0: off): one prefetch.global.L2 per 128-byte line, no registers.
-#ifndef GEMV_L2PF
-#define GEMV_L2PF 1
-#endif
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
-
 template <int BITS, int MT, int NT, int GSTC, int OCC>
 struct SmallCfg {
     static constexpr int WPU = Fmt<BITS>::WPU;
@@ -509,13 +502,6 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         for (int i = 0; i < PD; ++i) {
             const int u = ub + i * WARPS;
             if (u < u_hi) {
-                if constexpr (GEMV_L2PF > 0) {  // unit u + (1 + L2PF) rounds: DRAM -> L2 now, no registers
-                    const int up = u + (1 + GEMV_L2PF) * PD * WARPS;
-                    if (up < u_hi && lane < WPU)
-#pragma unroll
-                        for (int nt = 0; nt < NT; ++nt)
-                            prefetch_l2(qw + ((size_t)(nt0 + nt) * NU + up) * (32 * WPU) + lane * 32);
-                }
                 compute_unit(wb[i], sb[i], u);
                 const int un = u + PD * WARPS;
                 if (un < u_hi) load_slot(wb[i], sb[i], un);
