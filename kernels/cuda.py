@@ -380,14 +380,13 @@ class GpuLinear:
 # CuPy: matmul
 
 
-def _sm_count() -> int:
-    """Streaming multiprocessors of the current CUDA device (cached)."""
+def sm_count() -> int:
+    """Streaming multiprocessors of the current CUDA device (asked once per device)."""
     cp = _cupy()
-    dev = cp.cuda.Device().id
-    n = _sms.get(dev)
-    if n is None:
-        n = _sms[dev] = int(cp.cuda.Device(dev).attributes["MultiProcessorCount"])
-    return n
+    dev = cp.cuda.runtime.getDevice()
+    if dev not in _sms:
+        _sms[dev] = int(cp.cuda.runtime.getDeviceProperties(dev)["multiProcessorCount"])
+    return _sms[dev]
 
 
 def _default_nt(bits: int, mt: int, gstc: int, N: int | None, sms: int | None = None) -> int:
@@ -440,7 +439,7 @@ def fused_config(layer: GpuLinear, M: int, mt: int | None = None, nt: int | None
     """(MT, NT) of the small-M kernel for M rows on the current device (see `_default_nt`)."""
     lay = layer.layout
     mt = mt or _mt_for(min(M, 8 * 8))
-    nt = nt or _default_nt(lay.bits, mt, lay.gstc, lay.N, _sm_count())
+    nt = nt or _default_nt(lay.bits, mt, lay.gstc, lay.N, sm_count())
     if mt not in (1, 2, 4, 8) or nt not in (1, 2, 4):
         raise ValueError(f"unsupported kernel tile MT={mt} NT={nt}")
     return mt, nt

@@ -287,7 +287,7 @@ def test_gpu_every_tile_config_and_misaligned_x(cp, bits, mt, nt):
 def test_gpu_wide_layer_default_plan_takes_two_tiles_per_block(cp, bits, act):
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
-    sms = kc._sm_count()
+    sms = kc.sm_count()
     K, N = 520, int(np.ceil(kc.NT2_BLOCKS_PER_SM * sms)) * 32 + 40  # N' = N + 24; K' padded
     layer = random_layer(rng, bits, K, N, 128, act)
     gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
