@@ -84,6 +84,21 @@ from .cuda_layout import (  # noqa: F401  (re-exported: the launchers' public la
     repack_numpy,
     unpack_tc_numpy,
 )
+from .cuda_plan import (  # noqa: F401  (re-exported)
+    NT2_BLOCKS_PER_SM,
+    common_kernel_names,
+    default_nt,
+    default_occ,
+    default_occ_global,
+    default_pd,
+    dequant_kernel_name,
+    mt_for,
+    red_bytes,
+    repack_kernel_name,
+    small_kernel_name,
+    small_params,
+    sweep_kernel_names,
+)
 from .reference import packed_rows, unpack_codes, unpack_zeros  # noqa: F401
 
 SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as one, in this order
@@ -95,12 +110,6 @@ SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as 
 #: from M = 256 (250-315 TFLOP/s at M = 512 with mma.sync; cuBLAS uses wgmma). Bits 2 and 8 are
 #: tested on qgemm_mma (path="mma") but not benchmarked: they keep the earlier paths.
 MMA_BITS = (3, 4)
-#: M <= 8, 3/4 bits, groups >= 128: the small-M kernel takes two output tiles (32 columns) per block
-#: and one unit of each in flight per warp when that leaves at least this many blocks per SM, else
-#: one tile. Measured on an H100 (tools/bench_kernels.py --gemv-sweep, docs/gpu-results.md), M = 1:
-#: 8192 x 28672 4-bit 46.7 -> 44.8 us, 3-bit 42.4 -> 38.9 us, 4096 x 11008 4-bit 13.1 -> 11.7 us;
-#: slower where N gives fewer blocks (4096 x 4096: 6.8 -> 7.7 us; 8192 x 8192 about even).
-NT2_BLOCKS_PER_SM = 2.5
 MMA_MIN_M = 17
 MMA_MAX_M = 128
 #: On sm_90 (H100 / H200), `quant_matmul(path="auto")` runs the wgmma GEMM (`qgemm_wg`,
@@ -159,43 +168,6 @@ def cuda_available() -> str | None:
     return None
 
 
-def small_kernel_name(bits: int, mt: int, nt: int, gstc: int, xs: bool, occ: int = 2, pd: int = 0,
-                      cs: int = 1) -> str:
-    """Name of the fused kernel: qgemm_small (cs = 1) or the cluster split-K qgemm_split (mt = 1).
-    pd = units in flight per warp (0: the kernel's default for occ)."""
-    if cs == 1:
-        return f"qgemm_small<{bits},{mt},{nt},{gstc},{int(xs)},{occ},{pd}>"
-    if mt != 1 or cs not in (2, 4):
-        raise ValueError(f"split-K kernels have MT = 1 and 2 or 4 blocks per cluster, got MT={mt} CS={cs}")
-    return f"qgemm_split<{bits},{nt},{gstc},{int(xs)},{occ},{pd},{cs}>"
-
-
-def _small_params(name: str) -> dict | None:
-    """Template arguments of a fused-kernel name (None for other kernels)."""
-    for prefix, keys in (("qgemm_small<", ("bits", "mt", "nt", "gstc", "xs", "occ", "pd")),
-                         ("qgemm_split<", ("bits", "nt", "gstc", "xs", "occ", "pd", "cs"))):
-        if name.startswith(prefix):
-            p = dict(zip(keys, (int(v) for v in name[len(prefix):-1].split(",")), strict=True))
-            p.setdefault("mt", 1)
-            p.setdefault("cs", 1)
-            return p
-    return None
-
-
-def red_bytes(mt: int, nt: int, cs: int = 1) -> int:
-    """Static shared memory of the fused kernel's reduction (RedCfg in gptq_cuda.cu)."""
-    tile = 8 * mt * 16 * nt * 4
-    return (THREADS // 32) * tile + (tile if cs > 1 else 0) if mt <= 2 else tile
-
-
-def dequant_kernel_name(bits: int, gstc: int) -> str:
-    return f"dequant_tc<{bits},{gstc}>"
-
-
-def repack_kernel_name(bits: int) -> str:
-    return f"repack_tc<{bits}>"
-
-
 def function(name: str):
     """The compiled kernel `name` (a name expression of gptq_cuda.cu) on the current device."""
     cp = _cupy()
@@ -209,7 +181,7 @@ def function(name: str):
                 module = cp.RawModule(code=source(wg), options=_OPTIONS + (_WG_OPTIONS if wg else ()),
                                       name_expressions=(name,))
                 fn = module.get_function(name)
-                p = _small_params(name)
+                p = small_params(name)
                 if p and p["xs"]:  # staged x: may need more than 48 KB
                     fn.max_dynamic_shared_size_bytes = XS_MAX_BYTES[p["occ"]] - red_bytes(p["mt"], p["nt"], p["cs"])
                 _functions[key] = fn
@@ -254,56 +226,6 @@ def precompile(names: list[str], workers: int | None = None) -> None:
     except concurrent.futures.process.BrokenProcessPool:  # a worker died: finish here, one by one
         for n in names:
             function(n)
-
-
-def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8)) -> list[str]:
-    """Kernels the tests and benchmarks use (for `precompile`)."""
-    names = ["repack_sz", "prep_x", "prep_xwg"]
-    for b in bits:
-        names.append(repack_kernel_name(b))
-        for gc in gstcs:
-            names.append(dequant_kernel_name(b, gc))
-            for mt in mts:
-                nt = _default_nt(b, mt, gc, None)
-                names += [small_kernel_name(b, mt, nt, gc, False), small_kernel_name(b, mt, nt, gc, False,
-                                                                                   _default_occ_global(b, mt, gc))]
-                if mt <= 2:
-                    names += [small_kernel_name(b, mt, nt, gc, True, occ) for occ in {2, _default_occ(b, mt, gc)}]
-    for b in (3, 4):  # tile and occupancy variants of the tests and benchmarks
-        names += [small_kernel_name(b, mt, nt, 8, False) for mt, nt in ((2, 1), (2, 2), (4, 1), (4, 2))]
-        names += [small_kernel_name(b, 2, 1, 8, True)] + [small_kernel_name(b, 1, 1, 8, True, o) for o in (3, 4)]
-        names += [small_kernel_name(b, 1, 2, 8, xs, 4, _default_pd(1, 2)) for xs in (True, False)]  # wide N
-    for b in (3, 4):  # units-in-flight variants of the tests
-        names += [small_kernel_name(b, 1, 1, 8, True, occ, pd, cs) for occ, pd in ((4, 1), (3, 3), (2, 6))
-                  for cs in (1, 2)]
-    for b in bits:  # split-K (tests: every group class; the default plans of the benchmarks)
-        for gc in gstcs:
-            for cs in (2, 4):
-                names += [small_kernel_name(b, 1, 1, gc, xs, _default_occ(b, 1, gc) if xs else 2, 0, cs)
-                          for xs in (True, False)]
-    return sorted(set(names))
-
-
-def sweep_kernel_names(bits=(4, 3), gstc: int = 8, wide: bool = False) -> list[tuple[str, dict]]:
-    """Fused-kernel variants for M <= 8 that tools/bench_kernels.py --sweep times: (name, quant_matmul
-    keyword arguments). wide: variants of units in flight per warp (pd) and output tiles per
-    block (nt) at every occupancy, no split-K (--gemv-sweep)."""
-    out = []
-    for b in bits:
-        if wide:
-            for xs in (True, False):
-                for occ in (4, 3, 2):
-                    for pd in (0, 1, 2):
-                        for nt in (1, 2, 4):
-                            kw = {"xs": xs, "occ": occ, "cs": 1, "pd": pd, "nt": nt}
-                            out.append((small_kernel_name(b, 1, nt, gstc, xs, occ, pd, 1), kw))
-            continue
-        for cs in (1, 2, 4):
-            for xs, occs in ((True, (4, 3, 2)), (False, (4, 2))):
-                for occ in occs:
-                    kw = {"xs": xs, "occ": occ, "cs": cs, "pd": 0}
-                    out.append((small_kernel_name(b, 1, 1, gstc, xs, occ, 0, cs), kw))
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -389,41 +311,6 @@ def sm_count() -> int:
     return _sms[dev]
 
 
-def _default_nt(bits: int, mt: int, gstc: int, N: int | None, sms: int | None = None) -> int:
-    """Output tiles (16 columns) per warp: 2 shares each x fragment between 32 columns at MT = 2
-    (M 9..16) when the prefetch slot stays small enough to fit 128 registers without spills; and
-    at MT = 1 (M <= 8) for 3/4 bits with groups >= 128 when N (on a GPU of `sms` SMs) still gives
-    NT2_BLOCKS_PER_SM blocks per SM (then one unit of each tile in flight: `_default_pd`)."""
-    ngu = 8 // gstc if gstc < 8 else 1
-    if mt == 1 and bits in (3, 4) and gstc == 8 and N is not None and sms:
-        return 2 if -(-N // N_ALIGN) * N_ALIGN // 32 >= NT2_BLOCKS_PER_SM * sms else 1
-    return 2 if mt == 2 and WORDS_PER_UNIT[bits] + 2 * ngu <= 12 else 1
-
-
-def _default_pd(mt: int, nt: int) -> int:
-    """Units in flight per warp of the fused kernel (0: the kernel's own default for its occupancy):
-    1 for MT = 1 with two output tiles per block (two units in flight, as NT = 1 has by default)."""
-    return 1 if mt == 1 and nt == 2 else 0
-
-
-def _default_occ(bits: int, mt: int, gstc: int) -> int:
-    """Blocks per SM of the staged-x kernel: 4 (64 registers, 2 units in flight per warp) for 3/4
-    bits with groups >= 128 (measured fastest), 3 (80 registers) where its prefetch slots fit
-    without spills, else 2."""
-    ngu = 8 // gstc if gstc < 8 else 1
-    if mt == 1 and gstc == 8 and bits in (3, 4):
-        return 4
-    return 3 if mt == 1 and WORDS_PER_UNIT[bits] + 2 * ngu <= 10 else 2
-
-
-def _default_occ_global(bits: int, mt: int, gstc: int) -> int:
-    """Blocks per SM of the kernel reading x from global memory: 4 for M <= 8 where a prefetch slot
-    is at most 10 registers (2/3/4 bits, groups >= 64 or 128; measured fastest at M = 1 and 4 on an
-    H100: tools/bench_kernels.py --sweep), else 2."""
-    ngu = 8 // gstc if gstc < 8 else 1
-    return 4 if mt == 1 and WORDS_PER_UNIT[bits] + 2 * ngu <= 10 else 2
-
-
 def _stage_default(layer: GpuLinear, M: int) -> bool:
     """Whether M rows stage x by default: only M = 1 with 3 bits on large matrices (>= 32768 units
     of 128 x 16 weights; measured 9% faster on 8192 x 28672, slower on smaller shapes and 4 bits)."""
@@ -431,15 +318,11 @@ def _stage_default(layer: GpuLinear, M: int) -> bool:
     return M <= STAGE_MAX_M and lay.bits == 3 and lay.nu * (lay.Np // 16) >= 32768
 
 
-def _mt_for(M: int) -> int:
-    return 1 if M <= 8 else 2 if M <= 16 else 4 if M <= 32 else 8
-
-
 def fused_config(layer: GpuLinear, M: int, mt: int | None = None, nt: int | None = None) -> tuple[int, int]:
-    """(MT, NT) of the small-M kernel for M rows on the current device (see `_default_nt`)."""
+    """(MT, NT) of the small-M kernel for M rows on the current device (see `default_nt`)."""
     lay = layer.layout
-    mt = mt or _mt_for(min(M, 8 * 8))
-    nt = nt or _default_nt(lay.bits, mt, lay.gstc, lay.N, sm_count())
+    mt = mt or mt_for(min(M, 8 * 8))
+    nt = nt or default_nt(lay.bits, mt, lay.gstc, lay.N, sm_count())
     if mt not in (1, 2, 4, 8) or nt not in (1, 2, 4):
         raise ValueError(f"unsupported kernel tile MT={mt} NT={nt}")
     return mt, nt
@@ -462,7 +345,7 @@ def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None, nt: int 
     if mt > 2 or M > 8 * mt:
         return 0
     nbytes = M * (layer.layout.Kp + 8) * 2 + red_bytes(mt, nt, cs)
-    first = occ or _default_occ(layer.layout.bits, mt, layer.layout.gstc)
+    first = occ or default_occ(layer.layout.bits, mt, layer.layout.gstc)
     for o in (first, 2) if occ is None else (occ,):
         if nbytes <= XS_MAX_BYTES[o]:
             return o
@@ -533,7 +416,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     into a scratch buffer, then cuBLAS), or
     "auto" (`auto_path`; "fused" when any of mt / nt / xs / occ / cs is given). mt / nt / xs / occ / cs / pd override the fused kernel's tile, x staging,
     blocks per SM, blocks per split-K cluster (MT = 1) and units in flight per warp (None:
-    `_default_pd`; 0: the kernel's default for its occupancy)
+    `default_pd`; 0: the kernel's default for its occupancy)
     (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
     `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
     when needed and None.
@@ -571,7 +454,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         return out
     if path == "fused":
         mt, nt = fused_config(layer, M, mt, nt)
-        pd = _default_pd(mt, nt) if pd is None else pd
+        pd = default_pd(mt, nt) if pd is None else pd
         if cs not in (None, 1, 2, 4) or (cs and cs > 1 and mt != 1):
             raise ValueError(f"cs must be 1, 2 or 4 (2 and 4 with MT = 1), got {cs} with MT={mt}")
         so = staged_x(layer, M, mt, occ, nt, cs or 4)
@@ -579,7 +462,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
             raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}")
         explicit = xs is not None
         xs = bool(xs) if explicit else bool(so) and _stage_default(layer, M)
-        occ = so if xs else (occ or _default_occ_global(lay.bits, mt, lay.gstc))
+        occ = so if xs else (occ or default_occ_global(lay.bits, mt, lay.gstc))
         cs = cs or 1
         xin, ldx, kx, x_f32, gather, smem = x2, K, K, int(x2.dtype == cp.float32), 0, 0
         if not x_in_place(layer, x2):

@@ -37,7 +37,7 @@ class WgTile:
     fw: int  # m64 output tiles per warpgroup
     bm: int  # tokens per block (the wgmma N: 64, 128 or 256)
     cn: int = 1  # CTAs per cluster along N (they share each x stage through multicast)
-    wr: int = 0  # > 0: weights loaded straight into registers, wr units ahead, not staged by TMA
+    wr: bool = False  # weights loaded straight into registers (one unit ahead), not staged by TMA
     nwg: int = 2  # warpgroups per block
 
     @property
@@ -50,8 +50,7 @@ class WgTile:
 
     @property
     def label(self) -> str:
-        return (f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "")
-                + ("r" if self.wr else "") + (str(self.wr) if self.wr > 1 else ""))
+        return f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
 
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
@@ -60,11 +59,10 @@ class WgTile:
 TILES = {t.label: t for t in (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
-    WgTile(1, 128, 1, 1), WgTile(1, 128, 2, 1), WgTile(1, 256, 2, 1), WgTile(1, 256, 4, 1),
+    WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
 )}
-#: Weights two units ahead in registers (``WgTile(..., wr=2)``, label ``...r2``) compile and pass
-#: the tests but measured no faster than one unit ahead on any H100 benchmark shape (--wg-sweep,
-#: docs/gpu-results.md), so they are not swept.
+#: (Weights two units ahead in registers measured no faster than one on any H100 benchmark shape,
+#: docs/gpu-results.md; removed.)
 
 
 def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:

@@ -156,6 +156,22 @@ __device__ __forceinline__ void load_unit(u32 (&w)[Fmt<BITS>::WPU], const u32* _
     }
 }
 
+// The same words from a copy of the unit in shared memory (the prefill GEMMs' pipeline stages).
+template <int BITS>
+__device__ __forceinline__ void lds_unit(u32 (&w)[Fmt<BITS>::WPU], const u32* base, int lane) {
+    if constexpr (BITS == 3) {
+        const uint4 v = *reinterpret_cast<const uint4*>(base + lane * 4);
+        const uint2 h = *reinterpret_cast<const uint2*>(base + 128 + lane * 2);
+        w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w; w[4] = h.x; w[5] = h.y;
+    } else {
+#pragma unroll
+        for (int c = 0; c < Fmt<BITS>::WPU / 4; ++c) {
+            const uint4 v = *reinterpret_cast<const uint4*>(base + c * 128 + lane * 4);
+            w[4 * c] = v.x; w[4 * c + 1] = v.y; w[4 * c + 2] = v.z; w[4 * c + 3] = v.w;
+        }
+    }
+}
+
 // half2(1024 + q_low, 1024 + q_high) of pair pr (0..3) of k-step ts (0..7); ts, pr compile-time.
 template <int BITS>
 __device__ __forceinline__ u32 magic_pair(const u32 (&w)[Fmt<BITS>::WPU], int ts, int pr) {

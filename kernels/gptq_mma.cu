@@ -150,23 +150,9 @@ qgemm_mma(const u16* __restrict__ x, int ldx, int Kx, const u32* __restrict__ qw
         const u32* sw = reinterpret_cast<const u32*>(st);
         const u32* ssz = reinterpret_cast<const u32*>(st + C::W_BYTES);
         const unsigned char* sx = st + C::W_BYTES + C::SZ_BYTES;
-        // this warp's packed words of the unit (same pattern as load_unit, from shared memory)
-        u32 w[NTW][C::WPU];
+        u32 w[NTW][C::WPU];  // this warp's packed words of the unit
 #pragma unroll
-        for (int i = 0; i < NTW; ++i) {
-            const u32* base = sw + (wn * NTW + i) * (32 * C::WPU);
-            if constexpr (BITS == 3) {
-                const uint4 v = *reinterpret_cast<const uint4*>(base + lane * 4);
-                const uint2 h = *reinterpret_cast<const uint2*>(base + 128 + lane * 2);
-                w[i][0] = v.x; w[i][1] = v.y; w[i][2] = v.z; w[i][3] = v.w; w[i][4] = h.x; w[i][5] = h.y;
-            } else {
-#pragma unroll
-                for (int c = 0; c < C::WPU / 4; ++c) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(base + c * 128 + lane * 4);
-                    w[i][4 * c] = v.x; w[i][4 * c + 1] = v.y; w[i][4 * c + 2] = v.z; w[i][4 * c + 3] = v.w;
-                }
-            }
-        }
+        for (int i = 0; i < NTW; ++i) lds_unit<BITS>(w[i], sw + (wn * NTW + i) * (32 * C::WPU), lane);
         const unsigned char* xrow = sx + (wm * (8 * MBW) + g) * C::XROW;
         u32 zz[NTW][2], sc[NTW][2];
 #pragma unroll

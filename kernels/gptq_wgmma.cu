@@ -17,9 +17,9 @@
 //   "consumed" mbarrier (CTA-local; with clusters the producer then also waits for every CTA's
 //   producer on the slot's "empty" mbarrier). Consumers release unit it - 1 once INFLIGHT k-steps
 //   of unit it are issued (at most INFLIGHT wgmma groups, all of unit it, are then pending), so
-//   the producer fills unit it + STAGES - 1 while unit it computes. WR > 0: the packed weights
-//   skip shared memory: each consumer warp loads its n-tile's words WR units ahead into registers
-//   (plain loads, as the GEMV does; a ring of WR units), only SZ and X are staged.
+//   the producer fills unit it + STAGES - 1 while unit it computes. WR = 1: the packed weights
+//   skip shared memory: each consumer warp loads its n-tile's words for the next unit into
+//   registers (plain loads, as the GEMV does), only SZ and X are staged.
 //   Stage: W (BN/16 blocks of 32*WPU words, verbatim; none with WR), SZ (NGU rows of BN sz words), X: 16 chunks
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
@@ -313,50 +313,32 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
         }
     } else {
     setmaxnreg_inc<C::CONSUMER_REGS>();
-    // WR > 0: ring of the next WR units' packed words (registers), loaded WR units ahead
-    constexpr int WD = WR > 0 ? WR : 1;
-    u32 wn[WD][FW][C::WPU];
-    if constexpr (WR > 0) {
+    u32 wn[FW][C::WPU];  // WR: the next unit's packed words
+    if constexpr (WR) {
 #pragma unroll
-        for (int d = 0; d < WD; ++d)
-#pragma unroll
-            for (int f = 0; f < FW; ++f) {
-                const int nt = nt0 + (wg * FW + f) * 4 + wq;
-                if (d < iters && nt < Np / 16)
-                    load_unit<BITS>(wn[d][f], qw + ((size_t)nt * NU + u_begin + d) * (32 * C::WPU), lane);
-            }
+        for (int f = 0; f < FW; ++f) {
+            const int nt = nt0 + (wg * FW + f) * 4 + wq;
+            if (iters > 0 && nt < Np / 16)
+                load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin) * (32 * C::WPU), lane);
+        }
     }
-    auto unit = [&](int it, u32 (&wslot)[FW][C::WPU]) {
+    for (int it = 0; it < iters; ++it) {
         mbar_wait(s_full + 8 * (it % STAGES), (it / STAGES) & 1);
         const unsigned char* st = smem + (it % STAGES) * C::STAGE_BYTES;
         const u32* sw = reinterpret_cast<const u32*>(st);
         const u32* ssz = reinterpret_cast<const u32*>(st + C::W_BYTES);
         const u32 s_x = smem_u32(st + C::X_OFF);
         u32 w[FW][C::WPU];
-        if constexpr (WR > 0) {  // this unit's words (loaded WR units ahead), then unit it + WR's
 #pragma unroll
-            for (int f = 0; f < FW; ++f) {
+        for (int f = 0; f < FW; ++f) {
+            if constexpr (WR) {  // this unit's words (loaded one unit ahead), then the next unit's
 #pragma unroll
-                for (int i = 0; i < C::WPU; ++i) w[f][i] = wslot[f][i];
+                for (int i = 0; i < C::WPU; ++i) w[f][i] = wn[f][i];
                 const int nt = nt0 + (wg * FW + f) * 4 + wq;
-                if (it + WD < iters && nt < Np / 16)
-                    load_unit<BITS>(wslot[f], qw + ((size_t)nt * NU + u_begin + it + WD) * (32 * C::WPU), lane);
-            }
-        } else {
-#pragma unroll
-            for (int f = 0; f < FW; ++f) {
-                const u32* base = sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU);
-                if constexpr (BITS == 3) {
-                    const uint4 v = *reinterpret_cast<const uint4*>(base + lane * 4);
-                    const uint2 h = *reinterpret_cast<const uint2*>(base + 128 + lane * 2);
-                    w[f][0] = v.x; w[f][1] = v.y; w[f][2] = v.z; w[f][3] = v.w; w[f][4] = h.x; w[f][5] = h.y;
-                } else {
-#pragma unroll
-                    for (int c = 0; c < C::WPU / 4; ++c) {
-                        const uint4 v = *reinterpret_cast<const uint4*>(base + c * 128 + lane * 4);
-                        w[f][4 * c] = v.x; w[f][4 * c + 1] = v.y; w[f][4 * c + 2] = v.z; w[f][4 * c + 3] = v.w;
-                    }
-                }
+                if (it + 1 < iters && nt < Np / 16)
+                    load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU), lane);
+            } else {
+                lds_unit<BITS>(w[f], sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU), lane);
             }
         }
         u32 zz[FW][2], sc[FW][2];
@@ -391,11 +373,6 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
             // release its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
             if (ts == C::INFLIGHT - 1 && it >= 1) mbar_arrive_local(s_consumed + 8 * ((it - 1) % STAGES));
         }
-    };
-    for (int it0 = 0; it0 < iters; it0 += WD) {
-#pragma unroll
-        for (int h = 0; h < WD; ++h)
-            if (it0 + h < iters) unit(it0 + h, wn[h]);
     }
     wg_wait<0>();
 #pragma unroll

@@ -224,7 +224,7 @@ def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> lis
         row = {"K": K, "N": N, "bits": bits, "M": M, "default_us": timer.per_call_ms(call, nl, reps=5) * 1e3,
                "variants": {}}
         for name, kw in variants:
-            if kc._small_params(name)["bits"] != bits or (kw["xs"] and M != 1):
+            if kc.small_params(name)["bits"] != bits or (kw["xs"] and M != 1):
                 continue
             try:
                 err = float((call(0, kw).float() - ref).norm() / ref.norm())

@@ -168,7 +168,7 @@ def test_kernel_source_ships_with_the_package():
 def test_kernel_names_and_default_plan():
     assert kc.small_kernel_name(4, 1, 1, 8, True, 4) == "qgemm_small<4,1,1,8,1,4,0>"
     assert kc.small_kernel_name(3, 1, 1, 8, False, 2, 3, 4) == "qgemm_split<3,1,8,0,2,3,4>"
-    assert kc._small_params("qgemm_split<3,1,8,0,2,3,4>") == dict(bits=3, nt=1, gstc=8, xs=0, occ=2, pd=3, cs=4,
+    assert kc.small_params("qgemm_split<3,1,8,0,2,3,4>") == dict(bits=3, nt=1, gstc=8, xs=0, occ=2, pd=3, cs=4,
                                                                    mt=1)
     with pytest.raises(ValueError):
         kc.small_kernel_name(4, 2, 1, 8, False, 2, 0, 2)
@@ -182,14 +182,14 @@ def test_kernel_names_and_default_plan():
     assert not kc._stage_default(layer(3, 8192, 28672), 2)
     assert not kc._stage_default(layer(4, 8192, 28672), 1)
     assert not kc._stage_default(layer(3, 4096, 4096), 1)
-    assert kc._default_occ_global(4, 1, 8) == 4 and kc._default_occ_global(8, 1, 8) == 2
-    assert kc._default_occ_global(4, 2, 8) == 2
+    assert kc.default_occ_global(4, 1, 8) == 4 and kc.default_occ_global(8, 1, 8) == 2
+    assert kc.default_occ_global(4, 2, 8) == 2
     # Two output tiles per block (one unit of each in flight) for M <= 8 when N is wide enough.
-    assert kc._default_nt(4, 1, 8, 11008, 132) == 2 and kc._default_nt(3, 1, 8, 28672, 132) == 2
-    assert kc._default_nt(4, 1, 8, 8192, 132) == 1 and kc._default_nt(4, 1, 8, 11008, 160) == 1
-    assert kc._default_nt(8, 1, 8, 28672, 132) == 1 and kc._default_nt(4, 1, 4, 28672, 132) == 1
-    assert kc._default_nt(4, 1, 8, 28672, None) == 1 and kc._default_nt(4, 2, 8, 28672, 132) == 2
-    assert kc._default_pd(1, 2) == 1 and kc._default_pd(1, 1) == 0 and kc._default_pd(2, 2) == 0
+    assert kc.default_nt(4, 1, 8, 11008, 132) == 2 and kc.default_nt(3, 1, 8, 28672, 132) == 2
+    assert kc.default_nt(4, 1, 8, 8192, 132) == 1 and kc.default_nt(4, 1, 8, 11008, 160) == 1
+    assert kc.default_nt(8, 1, 8, 28672, 132) == 1 and kc.default_nt(4, 1, 4, 28672, 132) == 1
+    assert kc.default_nt(4, 1, 8, 28672, None) == 1 and kc.default_nt(4, 2, 8, 28672, 132) == 2
+    assert kc.default_pd(1, 2) == 1 and kc.default_pd(1, 1) == 0 and kc.default_pd(2, 2) == 0
     assert kc.small_kernel_name(4, 1, 2, 8, False, 4, 1) in kc.common_kernel_names()
 
 
