@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,6 +99,25 @@ def _package_dir(package: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def check_kernels_not_shadowed() -> None:
+    """Raise if this source tree's ``kernels/`` folder would shadow Hugging Face's ``kernels`` package.
+
+    transformers imports a top-level ``kernels`` package; ``python -m ...`` or a script run from the
+    gptq-export source folder puts that folder first on ``sys.path``, where ``kernels/`` (installed as
+    ``gptq_export.kernels``) would be found instead.
+    """
+    if "kernels" in sys.modules:
+        return
+    found = _package_dir("kernels")
+    ours = Path(__file__).resolve().parents[1] / "kernels"
+    if found is not None and found.resolve() == ours and (ours / "gptq_cuda.cu").is_file():
+        raise ModelLoadError(
+            f"the gptq-export source folder {ours.parent} is on sys.path, so its kernels/ folder hides the "
+            "'kernels' package transformers imports; run gptq-export (the installed command), "
+            "python -P -m gptq_export, or run from another directory"
+        )
 
 
 def minilm_dir() -> Path:
@@ -372,6 +392,7 @@ def load_model(
             vocab_size=_vocab_size(model, config),
         )
 
+    check_kernels_not_shadowed()
     if source is None or str(source) == DEFAULT_SOURCE:
         folder = default_model_dir(on_status)
         name, label = DEFAULT_MODEL_NAME, DEFAULT_SOURCE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,16 @@ def test_tokenizer_argument_overrides_folder(llama_dir, tiny_tokenizer):
 
 
 # --------------------------------------------------------------------------- errors
+
+
+def test_source_folder_on_sys_path_is_refused(llama_dir, monkeypatch):
+    """`python -m ...` from the source folder: its kernels/ would hide Hugging Face's `kernels`."""
+    root = Path(models.__file__).resolve().parents[1]
+    models.check_kernels_not_shadowed()  # the test run itself does not have the clash
+    monkeypatch.delitem(sys.modules, "kernels", raising=False)
+    monkeypatch.syspath_prepend(str(root))
+    with pytest.raises(ModelLoadError, match=r"kernels/ folder hides .*python -P -m gptq_export"):
+        load_model(llama_dir)
 
 
 def test_missing_folder(tmp_path):

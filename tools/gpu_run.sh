@@ -63,7 +63,7 @@ fi
 
 if [[ " $STAGES " == *" test "* ]]; then
   echo "== pytest -m gpu"
-  timeout "${TEST_TIMEOUT:-300}" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rfE --continue-on-collection-errors tests 2>&1 \
+  timeout "${TEST_TIMEOUT:-300}" "$PY" -P -m pytest -m gpu -q -p no:cacheprovider -rfE --continue-on-collection-errors tests 2>&1 \
     | tee "$OUT/pytest.log" || status=1
 fi
 if [[ " $STAGES " == *" bench "* ]]; then
