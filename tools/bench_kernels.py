@@ -4,6 +4,7 @@
     python tools/bench_kernels.py --quick    # two shapes, M in {1, 16, 512}
     python tools/bench_kernels.py --sweep    # M = 1 and 4: every split-K / occupancy variant first
     python tools/bench_kernels.py --mma-sweep  # M = 64 and 512: every qgemm_mma tile x split first
+    python tools/bench_kernels.py --ring-sweep # M = 1 and 4: qgemm_ring (shared-memory weight ring) variants
 
 Measures the device-to-device copy bandwidth first (bytes read + written), then for each weight
 shape K x N and batch M: y = x @ W with
@@ -102,6 +103,14 @@ def n_copies(nbytes: int, l2: int, cap: int = 24) -> int:
     return int(min(cap, max(2, math.ceil(3 * l2 / max(nbytes, 1)))))
 
 
+def read_us(nbytes: int, timer, l2: int) -> float:
+    """Time of a plain read (torch.sum, fp32) of `nbytes` bytes, rotating copies as the kernels do:
+    what moving a layer's bytes costs any one kernel at that size (launch and ramp-up included)."""
+    bufs = [torch.empty(max(nbytes // 4, 1), dtype=torch.float32, device="cuda").normal_()
+            for _ in range(n_copies(nbytes, l2))]
+    return timer.per_call_ms(lambda i: bufs[i % len(bufs)].sum(), len(bufs)) * 1e3
+
+
 def random_packed(K, N, bits, act_order, device, gen):
     """Random tensors of the CPU `gptq` format, made on the GPU (any bit pattern is a valid code stream)."""
     from gptq_export.kernels.reference import packed_rows
@@ -149,9 +158,11 @@ def bench_shape(K, N, ms, timer, device, gen, l2):
     w16 = [torch.randn(N, K, device=device, dtype=torch.float16, generator=gen) * 0.02
            for _ in range(n_copies(2 * N * K, l2))]
     int4_w, int4_sz, err = int4_setup(K, N, n_copies(N * K // 2, l2), device, gen)
+    reads = {b: read_us(variants[f"w{b}"][0].read_bytes, timer, l2) for b in (4, 3)}
     rows = []
     for M in ms:
         row = bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz)
+        row["read4_us"], row["read3_us"] = reads[4], reads[3]
         rows.append(row)
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return rows, err
@@ -198,7 +209,8 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
 
 def _variant_label(kw: dict) -> str:
     label = f"{'s' if kw['xs'] else 'g'}{kw['occ']}c{kw['cs']}"
-    return label + (f"p{kw['pd']}" if kw.get("pd") else "") + (f"n{kw['nt']}" if kw.get("nt", 1) > 1 else "")
+    return (label + (f"p{kw['pd']}" if kw.get("pd") else "") + (f"n{kw['nt']}" if kw.get("nt", 1) > 1 else "")
+            + (f"r{kw['rd']}" if kw.get("rd") else ""))
 
 
 def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> list[dict]:
@@ -209,6 +221,8 @@ def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> lis
     layers = [first] + [tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
                         for _ in range(n_copies(first.read_bytes, l2) - 1)]
     nl = len(layers)
+    w16 = [torch.randn(N, K, device=device, dtype=torch.float16, generator=gen) for _ in range(n_copies(2 * N * K, l2))]
+    t_read = read_us(first.read_bytes, timer, l2)
     rows = []
     for M in ms:
         xs = [torch.randn(M, K, device=device, dtype=torch.float16, generator=gen) for _ in range(nl)]
@@ -221,8 +235,10 @@ def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> lis
             return ys[i % nl]
 
         ref = call(0).float().clone()
+        nw = max(nl, len(w16))
         row = {"K": K, "N": N, "bits": bits, "M": M, "default_us": timer.per_call_ms(call, nl, reps=5) * 1e3,
-               "variants": {}}
+               "fp16_us": timer.per_call_ms(lambda i, xs=xs: F.linear(xs[i % nl], w16[i % len(w16)]), nw, reps=5) * 1e3,
+               "read_us": t_read, "variants": {}}
         for name, kw in variants:
             if kc.small_params(name)["bits"] != bits or (kw["xs"] and M != 1):
                 continue
@@ -241,14 +257,15 @@ def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> lis
     return rows
 
 
-def sweep(shapes, timer, device, gen, l2, wide: bool = False) -> list[dict]:
+def sweep(shapes, timer, device, gen, l2, wide: bool = False, ring: bool = False) -> list[dict]:
     """M = 1 and 4: time every fused-kernel variant of kernels.cuda.sweep_kernel_names (x staged
     's' or read from global memory 'g', blocks per SM, blocks per split-K cluster 'c'; wide:
-    units in flight per warp 'p' and output tiles per block 'n', no split-K) next to the default plan,
-    and check each against the default's output."""
+    units in flight per warp 'p' and output tiles per block 'n', no split-K; ring: the
+    qgemm_ring variants of kernels.cuda.ring_sweep_kernel_names, 'r' = ring slots per warp) next
+    to the default plan, and check each against the default's output."""
     from gptq_export.kernels import cuda as kc
 
-    variants = kc.sweep_kernel_names(wide=wide)
+    variants = kc.ring_sweep_kernel_names() if ring else kc.sweep_kernel_names(wide=wide)
     t0 = time.time()
     kc.precompile([n for n, _ in variants])
     print(f"sweep: {len(variants)} kernels compiled in {time.time() - t0:.1f}s", flush=True)
@@ -260,12 +277,14 @@ def sweep(shapes, timer, device, gen, l2, wide: bool = False) -> list[dict]:
     labels = sorted({k for r in rows for k in r["variants"]})
     w = max(7, *(len(lb) for lb in labels))
     print("\nsweep (us; s/g = x staged / global, then blocks per SM, c = blocks per split-K cluster, p = units in "
-          "flight per warp, n = output tiles per block)")
-    print(f"{'K x N':>12} {'b':>2} {'M':>2} {'default':>8} {'best':>{w}} " + " ".join(f"{lb:>{w}}" for lb in labels)
-          + "  maxerr")
+          "flight per warp, n = output tiles per block, r = ring slots per warp)")
+    print("(fp16 = cuBLAS fp16 weight; read = a plain read of the packed layer's bytes; xfp16 = fp16 / best)")
+    print(f"{'K x N':>12} {'b':>2} {'M':>2} {'fp16':>7} {'read':>6} {'default':>8} {'best':>{w}} {'us':>6} {'xfp16':>6} "
+          + " ".join(f"{lb:>{w}}" for lb in labels) + "  maxerr")
     for r in rows:
         cells = " ".join(f"{r['variants'][lb][0]:>{w}.1f}" if lb in r["variants"] else f"{'':>{w}}" for lb in labels)
-        print(f"{r['K']:>5} x {r['N']:<5} {r['bits']:>2} {r['M']:>2} {r['default_us']:>8.1f} {r['best']:>{w}} {cells}"
+        print(f"{r['K']:>5} x {r['N']:<5} {r['bits']:>2} {r['M']:>2} {r['fp16_us']:>7.1f} {r['read_us']:>6.1f} "
+              f"{r['default_us']:>8.1f} {r['best']:>{w}} {r['best_us']:>6.1f} {r['fp16_us'] / r['best_us']:>6.2f} {cells}"
               f"  {r['max_err']:.1e}")
     return rows
 
@@ -366,6 +385,9 @@ def main() -> None:
     ap.add_argument("--sweep-only", action="store_true")
     ap.add_argument("--gemv-sweep", action="store_true",
                     help="M = 1 and 4: time the fused kernel at every occupancy x units in flight x tiles per block")
+    ap.add_argument("--ring-sweep", action="store_true",
+                    help="M = 1 and 4: time the shared-memory weight ring kernel (qgemm_ring) variants first")
+    ap.add_argument("--ring-sweep-only", action="store_true")
     ap.add_argument("--mma-sweep", action="store_true", help="time every qgemm_mma tile x split first (M 64, 512)")
     ap.add_argument("--mma-sweep-only", action="store_true")
     ap.add_argument("--wg-sweep", action="store_true", help="time every qgemm_wg (Hopper wgmma) tile x split first")
@@ -395,6 +417,10 @@ def main() -> None:
     if args.gemv_sweep:
         results["gemv_sweep"] = sweep(shapes, timer, device, gen, l2, wide=True)
         shapes = []
+    if args.ring_sweep or args.ring_sweep_only:
+        results["ring_sweep"] = sweep(shapes, timer, device, gen, l2, ring=True)
+        if args.ring_sweep_only:
+            shapes = []
     if args.sweep or args.sweep_only:
         results["sweep"] = sweep(shapes, timer, device, gen, l2)
         if args.sweep_only:
@@ -422,10 +448,11 @@ def main() -> None:
             json.dump(results, f, indent=1)
 
     print(f"\n{props.name}: copy {copy_bw:.0f} GB/s, read {read_bw:.0f} GB/s. Times in us (median); "
-          f"%cp = our GB/s / copy GB/s; xfp16 = fp16 time / ours; int4 = torch _weight_int4pack_mm"
+          f"%cp = our GB/s / copy GB/s; xfp16 = fp16 time / ours; int4 = torch _weight_int4pack_mm; "
+          f"rd4 = a plain read (torch.sum) of the 4-bit layer's bytes, w4/rd4 = our 4-bit time over it"
           + (f" (n/a: {int4_error})" if int4_error else ""))
     hdr = (f"{'K x N':>12} {'M':>4} {'fp16':>8} {'int4':>8} {'w4':>8} {'w4act':>8} {'w3':>8} {'w3act':>8} "
-           f"{'w4GB/s':>7} {'w4%cp':>6} {'w3%cp':>6} {'w4xfp16':>7} {'w3xfp16':>7} {'w4/int4':>7}")
+           f"{'w4GB/s':>7} {'w4%cp':>6} {'w3%cp':>6} {'w4xfp16':>7} {'w3xfp16':>7} {'w4/int4':>7} {'rd4':>6} {'w4/rd4':>6}")
     print(hdr)
     for r in results["rows"]:
         def us(k, r=r):
@@ -436,7 +463,8 @@ def main() -> None:
         vs_int4 = f"{r['int4_us'] / r['w4_us']:.2f}" if "int4_us" in r else "n/a"
         print(f"{r['K']:>5} x {r['N']:<5} {r['M']:>4} {us('fp16_us'):>8} {us('int4_us'):>8} {us('w4_us'):>8} "
               f"{us('w4a_us'):>8} {us('w3_us'):>8} {us('w3a_us'):>8} {r['w4_GBps']:>7.0f} {w4cp:>5.0f}% {w3cp:>5.0f}% "
-              f"{r['fp16_us'] / r['w4_us']:>7.2f} {r['fp16_us'] / r['w3_us']:>7.2f} {vs_int4:>7}")
+              f"{r['fp16_us'] / r['w4_us']:>7.2f} {r['fp16_us'] / r['w3_us']:>7.2f} {vs_int4:>7} "
+              f"{r['read4_us']:>6.1f} {r['w4_us'] / r['read4_us']:>6.2f}")
     big = [r for r in results["rows"] if "w4_mma_us" in r]
     if big:
         print("\nLarger-M paths (us, median): mma = fused dequantize + tensor-core GEMM (qgemm_mma), dq = "
