@@ -86,7 +86,6 @@ from .cuda_layout import (  # noqa: F401  (re-exported: the launchers' public la
 )
 from .cuda_plan import (  # noqa: F401  (re-exported)
     NT2_BLOCKS_PER_SM,
-    RING_TEST_CONFIGS,
     common_kernel_names,
     default_nt,
     default_occ,
@@ -96,8 +95,6 @@ from .cuda_plan import (  # noqa: F401  (re-exported)
     mt_for,
     red_bytes,
     repack_kernel_name,
-    ring_bytes,
-    ring_sweep_kernel_names,
     small_kernel_name,
     small_params,
     sweep_kernel_names,
@@ -185,7 +182,7 @@ def function(name: str):
                                       name_expressions=(name,))
                 fn = module.get_function(name)
                 p = small_params(name)
-                if p and (p["xs"] or p["rd"]):  # staged x, weight ring: may need more than 48 KB
+                if p and p["xs"]:  # staged x: may need more than 48 KB
                     fn.max_dynamic_shared_size_bytes = XS_MAX_BYTES[p["occ"]] - red_bytes(p["mt"], p["nt"], p["cs"])
                 _functions[key] = fn
     return fn
@@ -321,11 +318,6 @@ def _stage_default(layer: GpuLinear, M: int) -> bool:
     return M <= STAGE_MAX_M and lay.bits == 3 and lay.nu * (lay.Np // 16) >= 32768
 
 
-def default_rd(layer: GpuLinear, M: int, mt: int, nt: int) -> int:
-    """Slots of the fused kernel's shared-memory weight ring per warp by default (0: registers)."""
-    return 0
-
-
 def fused_config(layer: GpuLinear, M: int, mt: int | None = None, nt: int | None = None) -> tuple[int, int]:
     """(MT, NT) of the small-M kernel for M rows on the current device (see `default_nt`)."""
     lay = layer.layout
@@ -347,15 +339,12 @@ def _as_rows(x, K: int):
     return cp.ascontiguousarray(x).reshape(-1, K)
 
 
-def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None, nt: int = 1, cs: int = 1,
-             rd: int = 0) -> int:
-    """Blocks per SM (occupancy) with which the fused kernel stages x in shared memory (next to a
-    weight ring of rd slots per warp), or 0 when it does not (MT > 2, or too large even at 2 blocks
-    per SM)."""
+def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None, nt: int = 1, cs: int = 1) -> int:
+    """Blocks per SM (occupancy) with which the fused kernel stages x in shared memory, or 0 when
+    it does not (MT > 2, or x too large even at 2 blocks per SM)."""
     if mt > 2 or M > 8 * mt:
         return 0
-    lay = layer.layout
-    nbytes = M * (lay.Kp + 8) * 2 + red_bytes(mt, nt, cs) + ring_bytes(lay.bits, nt, lay.gstc, rd)
+    nbytes = M * (layer.layout.Kp + 8) * 2 + red_bytes(mt, nt, cs)
     first = occ or default_occ(layer.layout.bits, mt, layer.layout.gstc)
     for o in (first, 2) if occ is None else (occ,):
         if nbytes <= XS_MAX_BYTES[o]:
@@ -415,8 +404,7 @@ def auto_path(layer: GpuLinear, M: int) -> str:
 
 def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto", mt: int | None = None,
                  nt: int | None = None, xs: bool | None = None, occ: int | None = None, cs: int | None = None,
-                 pd: int | None = None, rd: int | None = None, xbuf=None, tile=None, split: int | None = None,
-                 ws=None):
+                 pd: int | None = None, xbuf=None, tile=None, split: int | None = None, ws=None):
     """y[..., N] = x[..., K] @ W + bias on the current device and CuPy stream.
 
     x: CuPy float16 or float32 [..., K] (copied if not C-contiguous); y has x's dtype.
@@ -426,11 +414,10 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     kernels.cuda_mma.mma_matmul), "wgmma" (the same on Hopper's wgmma, sm_90 only; see
     kernels.cuda_wgmma.wg_matmul; xbuf is then its prepared-x buffer of cuda_wgmma.xbuf_size elements), "dequant" (fp16 W^T
     into a scratch buffer, then cuBLAS), or
-    "auto" (`auto_path`; "fused" when any of mt / nt / xs / occ / cs / rd is given). mt / nt / xs /
-    occ / cs / pd / rd override the fused kernel's tile, x staging, blocks per SM, blocks per split-K
-    cluster (MT = 1), units in flight per warp in registers (None: `default_pd`; 0: the kernel's
-    default for its occupancy) and slots of the shared-memory weight ring per warp (qgemm_ring,
-    MT <= 2, cs = 1; None: `default_rd`; 0: no ring) (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
+    "auto" (`auto_path`; "fused" when any of mt / nt / xs / occ / cs is given). mt / nt / xs / occ / cs / pd override the fused kernel's tile, x staging,
+    blocks per SM, blocks per split-K cluster (MT = 1) and units in flight per warp (None:
+    `default_pd`; 0: the kernel's default for its occupancy)
+    (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
     `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
     when needed and None.
     """
@@ -452,7 +439,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     if M == 0:
         return out
     if path == "auto":  # options of the small-M kernel given: that kernel
-        fused_opts = any(v is not None for v in (mt, nt, xs, occ, cs, rd))
+        fused_opts = any(v is not None for v in (mt, nt, xs, occ, cs))
         path = "fused" if fused_opts else auto_path(layer, M)
     if path == "wgmma":
         from . import cuda_wgmma
@@ -468,34 +455,27 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     if path == "fused":
         mt, nt = fused_config(layer, M, mt, nt)
         pd = default_pd(mt, nt) if pd is None else pd
-        rd = default_rd(layer, M, mt, nt) if rd is None else rd
         if cs not in (None, 1, 2, 4) or (cs and cs > 1 and mt != 1):
             raise ValueError(f"cs must be 1, 2 or 4 (2 and 4 with MT = 1), got {cs} with MT={mt}")
-        if rd and (rd < 2 or (cs or 1) != 1 or mt > 2):
-            raise ValueError(f"rd must be 0 or >= 2, with cs = 1 and MT <= 2, got rd={rd} cs={cs} MT={mt}")
-        so = staged_x(layer, M, mt, occ, nt, cs or (1 if rd else 4), rd)
+        so = staged_x(layer, M, mt, occ, nt, cs or 4)
         if xs and not so:
-            raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}"
-                             + (f" next to a ring of {rd} slots" if rd else ""))
+            raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}")
         explicit = xs is not None
         xs = bool(xs) if explicit else bool(so) and _stage_default(layer, M)
         occ = so if xs else (occ or default_occ_global(lay.bits, mt, lay.gstc))
         cs = cs or 1
-        ring = ring_bytes(lay.bits, nt, lay.gstc, rd)
-        if rd and not xs and ring + red_bytes(mt, nt) > XS_MAX_BYTES[occ]:
-            raise ValueError(f"a weight ring of {rd} slots ({ring} bytes) does not fit {occ} blocks per SM: "
-                             f"ask for fewer slots or a lower occupancy")
-        xin, ldx, kx, x_f32, gather = x2, K, K, int(x2.dtype == cp.float32), 0
+        xin, ldx, kx, x_f32, gather, smem = x2, K, K, int(x2.dtype == cp.float32), 0, 0
         if not x_in_place(layer, x2):
             if xs and explicit:  # the kernel's staging gathers / casts x itself
                 gather = int(not lay.direct or x2.data.ptr % 16 != 0)
             else:  # x in K' order, fp16, first (a small kernel): faster than gathering per block
                 xin, ldx, kx, x_f32 = gather_x(layer, x2, xbuf), lay.Kp, lay.Kp, 0
-        smem = (M * (lay.Kp + 8) * 2 if xs else 0) + ring
+        if xs:
+            smem = M * (lay.Kp + 8) * 2
         grid = (lay.Np // (16 * nt) * cs, -(-M // (8 * mt)))
         upg = lay.upg
         ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
-        function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs, rd))(
+        function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs))(
             grid, (THREADS,),
             (xin, _i32(ldx), _i32(kx), _i32(x_f32), _i32(gather), layer.qw, layer.sz, layer.perm,
              bias if bias is not None else _NULL, out, _i32(N), _i32(out.dtype == cp.float32),

@@ -5,7 +5,7 @@ and re-exports these names).
 
 from __future__ import annotations
 
-from .cuda_layout import N_ALIGN, THREADS, WORDS_PER_UNIT, XS_MAX_BYTES
+from .cuda_layout import N_ALIGN, THREADS, WORDS_PER_UNIT
 
 #: M <= 8, 3/4 bits, groups >= 128: the small-M kernel takes two output tiles (32 columns) per block
 #: and one unit of each in flight per warp when that leaves at least this many blocks per SM, else
@@ -15,19 +15,10 @@ from .cuda_layout import N_ALIGN, THREADS, WORDS_PER_UNIT, XS_MAX_BYTES
 NT2_BLOCKS_PER_SM = 2.5
 
 
-#: (mt, nt, xs, occ, rd) of qgemm_ring that the GPU tests run (tests/kernels/test_cuda.py).
-RING_TEST_CONFIGS = ((1, 1, False, 4, 3), (1, 2, True, 3, 2), (2, 1, False, 2, 4), (1, 2, False, 3, 3))
-
-
 def small_kernel_name(bits: int, mt: int, nt: int, gstc: int, xs: bool, occ: int = 2, pd: int = 0,
-                      cs: int = 1, rd: int = 0) -> str:
-    """Name of the fused kernel: qgemm_small (cs = 1), the cluster split-K qgemm_split (mt = 1), or
-    qgemm_ring (rd >= 2 slots of shared-memory ring per warp, cs = 1, mt <= 2, pd unused).
-    pd = units in flight per warp in registers (0: the kernel's default for occ)."""
-    if rd:
-        if rd < 2 or cs != 1 or mt > 2:
-            raise ValueError(f"ring kernels have >= 2 slots, no split-K and MT <= 2, got RD={rd} CS={cs} MT={mt}")
-        return f"qgemm_ring<{bits},{mt},{nt},{gstc},{int(xs)},{occ},{rd}>"
+                      cs: int = 1) -> str:
+    """Name of the fused kernel: qgemm_small (cs = 1) or the cluster split-K qgemm_split (mt = 1).
+    pd = units in flight per warp (0: the kernel's default for occ)."""
     if cs == 1:
         return f"qgemm_small<{bits},{mt},{nt},{gstc},{int(xs)},{occ},{pd}>"
     if mt != 1 or cs not in (2, 4):
@@ -38,14 +29,11 @@ def small_kernel_name(bits: int, mt: int, nt: int, gstc: int, xs: bool, occ: int
 def small_params(name: str) -> dict | None:
     """Template arguments of a fused-kernel name (None for other kernels)."""
     for prefix, keys in (("qgemm_small<", ("bits", "mt", "nt", "gstc", "xs", "occ", "pd")),
-                         ("qgemm_split<", ("bits", "nt", "gstc", "xs", "occ", "pd", "cs")),
-                         ("qgemm_ring<", ("bits", "mt", "nt", "gstc", "xs", "occ", "rd"))):
+                         ("qgemm_split<", ("bits", "nt", "gstc", "xs", "occ", "pd", "cs"))):
         if name.startswith(prefix):
             p = dict(zip(keys, (int(v) for v in name[len(prefix):-1].split(",")), strict=True))
-            for key in ("mt", "cs"):
-                p.setdefault(key, 1)
-            for key in ("pd", "rd"):
-                p.setdefault(key, 0)
+            p.setdefault("mt", 1)
+            p.setdefault("cs", 1)
             return p
     return None
 
@@ -54,13 +42,6 @@ def red_bytes(mt: int, nt: int, cs: int = 1) -> int:
     """Static shared memory of the fused kernel's reduction (RedCfg in gptq_cuda.cu)."""
     tile = 8 * mt * 16 * nt * 4
     return (THREADS // 32) * tile + (tile if cs > 1 else 0) if mt <= 2 else tile
-
-
-def ring_bytes(bits: int, nt: int, gstc: int, rd: int) -> int:
-    """Dynamic shared memory of qgemm_ring's weight ring (after the staged x, if any): rd slots per
-    warp of nt tiles x (32 lanes' weight words + 16 sz words per group of the unit)."""
-    ngu = 8 // gstc if gstc < 8 else 1
-    return (THREADS // 32) * rd * nt * (32 * WORDS_PER_UNIT[bits] + 16 * ngu) * 4
 
 
 def dequant_kernel_name(bits: int, gstc: int) -> str:
@@ -91,10 +72,6 @@ def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8))
     for b in (3, 4):  # units-in-flight variants of the tests
         names += [small_kernel_name(b, 1, 1, 8, True, occ, pd, cs) for occ, pd in ((4, 1), (3, 3), (2, 6))
                   for cs in (1, 2)]
-    for b in bits:  # the shared-memory ring kernel of the tests: every tile at full groups, smaller groups
-        for gc in gstcs:
-            for mt, nt, xs, occ, rd in RING_TEST_CONFIGS if gc == 8 else RING_TEST_CONFIGS[:1]:
-                names.append(small_kernel_name(b, mt, nt, gc, xs, occ, 0, 1, rd))
     for b in bits:  # split-K (tests: every group class; the default plans of the benchmarks)
         for gc in gstcs:
             for cs in (2, 4):
@@ -122,26 +99,6 @@ def sweep_kernel_names(bits=(4, 3), gstc: int = 8, wide: bool = False) -> list[t
                 for occ in occs:
                     kw = {"xs": xs, "occ": occ, "cs": cs, "pd": 0}
                     out.append((small_kernel_name(b, 1, 1, gstc, xs, occ, 0, cs), kw))
-    return out
-
-
-def ring_sweep_kernel_names(bits=(4, 3), gstc: int = 8) -> list[tuple[str, dict]]:
-    """M <= 8 variants that tools/bench_kernels.py --ring-sweep times: qgemm_ring at every
-    occupancy x tiles per block x ring depth whose ring fits (x staged or not), next to the
-    register-prefetch kernels of the default plans."""
-    out = []
-    for b in bits:
-        for xs, occ, pd, nt in ((False, 4, 0, 1), (False, 4, 1, 2), (True, 4, 0, 1), (True, 4, 1, 2)):
-            out.append((small_kernel_name(b, 1, nt, gstc, xs, occ, pd), {"xs": xs, "occ": occ, "cs": 1, "pd": pd,
-                                                                        "nt": nt, "rd": 0}))
-        for xs in (True, False):
-            for occ in (4, 3, 2):
-                for nt in (1, 2):
-                    for rd in (2, 3, 4, 6):
-                        if ring_bytes(b, nt, gstc, rd) + red_bytes(1, nt) > XS_MAX_BYTES[occ]:
-                            continue
-                        kw = {"xs": xs, "occ": occ, "cs": 1, "pd": 0, "nt": nt, "rd": rd}
-                        out.append((small_kernel_name(b, 1, nt, gstc, xs, occ, 0, 1, rd), kw))
     return out
 
 

@@ -26,9 +26,6 @@
 //       x^T as B (so M=1..8 wastes only the B columns), group scale applied in fp32 when a group
 //       ends; the 8 warps' partial tiles are added through shared memory in a fixed order
 //       (deterministic results); bias + cast in the epilogue.
-//   qgemm_ring<BITS, MT, NT, GSTC, XS, OCC, RD>  the same (MT <= 2) with each warp's next RD
-//       units of weights in a shared-memory ring filled by cp.async instead of registers: more
-//       bytes in flight per SM than the register file allows.
 //   qgemm_split<BITS, NT, GSTC, XS, OCC, PD, CS>  the same for M <= 8 with K split over a
 //       cluster of CS blocks (more blocks in flight for small N); partial tiles are added by
 //       rank 0 through distributed shared memory, in rank order. Measured slower than
@@ -140,27 +137,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-    u32 a;
-    asm("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}" : "=r"(a) : "l"(p));
-    return a;
-}
-// Asynchronous global -> shared copies (cp.async, completed per thread by cp_async_wait): 16 bytes
-// bypassing L1 (fewer than 16 source bytes, here 0, zero-fill the rest), 8 and 4 bytes through L1.
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async8(u32 dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async4(u32 dst, const void* src) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 // ---------------------------------------------------------------------------------------------
 // tc layout: loading one lane's words of one (n-tile, unit), and decoding one k-step
@@ -332,15 +308,9 @@ struct RedCfg {
 // CS:   split-K over a cluster of CS blocks (MT = 1): block rank r of a cluster takes the K'
 //       units [NU*r/CS, NU*(r+1)/CS); rank 0 adds the CS partial tiles, in rank order, through
 //       distributed shared memory (deterministic).
-// RD:   0: PD units in flight per warp in registers. RD > 0 (CS = 1, PDX unused): each warp streams
-//       its units through a ring of RD slots in dynamic shared memory, after the staged x (if any):
-//       slot = NT x (32*WPU weight words, verbatim, each lane copying the words it reads back,
-//       then NGU x 16 sz words of the tile's outputs), filled by cp.async; a slot is refilled
-//       with the unit RD ahead once the warp has computed it, so RD - 1 to RD units per warp are
-//       in flight without holding registers.
-// Grid: (N' / (16*NT) * CS, ceil(M / (8*MT))); block: THREADS; dynamic shared memory:
-// (XS ? M * (Kp + 8) * 2 : 0) + RD * WARPS * NT * (32*WPU + 16*NGU) * 4 bytes.
-template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PDX, int CS, int RD>
+// Grid: (N' / (16*NT) * CS, ceil(M / (8*MT))); block: THREADS; dynamic shared memory (XS):
+// M * (Kp + 8) * 2 bytes.
+template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PDX, int CS>
 __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
                                            const u32* __restrict__ qw, const u32* __restrict__ sz,
                                            const int* __restrict__ perm, const float* __restrict__ bias,
@@ -355,7 +325,6 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
     constexpr int RM = R::RM, RN = R::RN;
     static_assert(!XS || MT <= 2, "staged x is for MT <= 2");
     static_assert(CS == 1 || MT == 1, "split-K clusters are for MT = 1");
-    static_assert(RD == 0 || CS == 1, "the shared-memory ring is for CS = 1");
     extern __shared__ uint4 xs_dyn[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -382,8 +351,8 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
 #pragma unroll
             for (int e = 0; e < 4; ++e) c[a][b][e] = 0.f;
 
-    u32 wb[RD ? 1 : PD][NT][WPU];
-    u32 sb[RD ? 1 : PD][NT][NGU][2];
+    u32 wb[PD][NT][WPU];
+    u32 sb[PD][NT][NGU][2];
 
     auto load_slot = [&](u32 (&ws)[NT][WPU], u32 (&ss)[NT][NGU][2], int u) {
         const int gu = GSTC < 8 ? u * NGU : (ushift >= 0 ? u >> ushift : u / upg);
@@ -399,54 +368,11 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         }
     };
 
-    // RD > 0: this warp's ring (TW words per tile and slot) and its copies / reads.
-    constexpr int TW = 32 * WPU + 16 * NGU;
-    u32* ring = reinterpret_cast<u32*>(xs_dyn + (XS ? M * rs : 0)) + warp * (RD * NT * TW);
-    auto ring_issue = [&](int slot, int u) {
-        const int gu = GSTC < 8 ? u * NGU : (ushift >= 0 ? u >> ushift : u / upg);
+    // Weights of the first PD units of this warp first: their DRAM latency overlaps the staging.
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const u32 dst = smem_u32(ring + (slot * NT + nt) * TW);
-            const u32* src = qw + ((size_t)(nt0 + nt) * NU + u) * (32 * WPU);
-            if constexpr (BITS == 3) {
-                cp_async16(dst + lane * 16, src + lane * 4, true);
-                cp_async8(dst + 512 + lane * 8, src + 128 + lane * 2);
-            } else {
-#pragma unroll
-                for (int c = 0; c < WPU / 4; ++c) cp_async16(dst + c * 512 + lane * 16, src + c * 128 + lane * 4, true);
-            }
-#pragma unroll
-            for (int i = lane; i < 16 * NGU; i += 32)
-                cp_async4(dst + (32 * WPU + i) * 4, sz + (size_t)(gu + (i >> 4)) * Np + (nt0 + nt) * 16 + (i & 15));
-        }
-    };
-    auto ring_read = [&](u32 (&ws)[NT][WPU], u32 (&ss)[NT][NGU][2], int slot) {
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            const u32* b = ring + (slot * NT + nt) * TW;
-            lds_unit<BITS>(ws[nt], b, lane);
-#pragma unroll
-            for (int gi = 0; gi < NGU; ++gi) {
-                ss[nt][gi][0] = b[32 * WPU + gi * 16 + g];
-                ss[nt][gi][1] = b[32 * WPU + gi * 16 + g + 8];
-            }
-        }
-    };
-
-    // Weights of the first PD (RD) units of this warp first: their DRAM latency overlaps the staging.
-    if constexpr (RD > 0) {
-#pragma unroll
-        for (int i = 0; i < RD; ++i) {
-            const int u = u_lo + warp + i * WARPS;
-            if (u < u_hi) ring_issue(i, u);
-            cp_async_commit();
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < PD; ++i) {
-            const int u = u_lo + warp + i * WARPS;
-            if (u < u_hi) load_slot(wb[i], sb[i], u);
-        }
+    for (int i = 0; i < PD; ++i) {
+        const int u = u_lo + warp + i * WARPS;
+        if (u < u_hi) load_slot(wb[i], sb[i], u);
     }
 
     // Staged x: per m-tile, this lane's row (row 0 for rows >= M); per k-step pair (or k-step
@@ -587,30 +513,14 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         }
     };
 
-    if constexpr (RD > 0) {
-        int slot = 0;
-        for (int u = u_lo + warp; u < u_hi; u += WARPS) {
-            cp_async_wait<RD - 1>();  // this lane's copies of the slot landed ...
-            __syncwarp();             // ... and every lane's (the sz words are read across lanes)
-            u32 ws[NT][WPU], ss[NT][NGU][2];
-            ring_read(ws, ss, slot);
-            compute_unit(ws, ss, u);
-            __syncwarp();  // the whole warp has read the slot before it is refilled
-            const int un = u + RD * WARPS;
-            if (un < u_hi) ring_issue(slot, un);
-            cp_async_commit();
-            slot = slot + 1 == RD ? 0 : slot + 1;
-        }
-    } else {
-        for (int ub = u_lo + warp; ub < u_hi; ub += PD * WARPS) {
+    for (int ub = u_lo + warp; ub < u_hi; ub += PD * WARPS) {
 #pragma unroll
-            for (int i = 0; i < PD; ++i) {
-                const int u = ub + i * WARPS;
-                if (u < u_hi) {
-                    compute_unit(wb[i], sb[i], u);
-                    const int un = u + PD * WARPS;
-                    if (un < u_hi) load_slot(wb[i], sb[i], un);
-                }
+        for (int i = 0; i < PD; ++i) {
+            const int u = ub + i * WARPS;
+            if (u < u_hi) {
+                compute_unit(wb[i], sb[i], u);
+                const int un = u + PD * WARPS;
+                if (un < u_hi) load_slot(wb[i], sb[i], un);
             }
         }
     }
@@ -691,18 +601,11 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
 // One block per 16*NT outputs (and 8*MT rows), all of K.
 template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PD>
 __global__ void __launch_bounds__(THREADS, OCC) qgemm_small(SMALL_PARAMS) {
-    small_body<BITS, MT, NT, GSTC, XS, OCC, PD, 1, 0>(SMALL_ARGS);
+    small_body<BITS, MT, NT, GSTC, XS, OCC, PD, 1>(SMALL_ARGS);
 }
 
 // Split-K: a cluster of CS blocks per 16*NT outputs, M <= 8.
 template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS>
 __global__ __launch_bounds__(THREADS, OCC) __cluster_dims__(CS, 1, 1) void qgemm_split(SMALL_PARAMS) {
-    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS, 0>(SMALL_ARGS);
-}
-
-// The weights streamed through a shared-memory ring of RD units per warp (cp.async), MT <= 2.
-template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int RD>
-__global__ void __launch_bounds__(THREADS, OCC) qgemm_ring(SMALL_PARAMS) {
-    static_assert(RD >= 2 && MT <= 2, "a ring of at least 2 slots, for M <= 16");
-    small_body<BITS, MT, NT, GSTC, XS, OCC, 0, 1, RD>(SMALL_ARGS);
+    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS>(SMALL_ARGS);
 }

@@ -1,7 +1,6 @@
 // Fused dequantize + tensor-core GEMM for larger M (prefill), reading the same GPU tile layout
 // ("tc" layout, kernels/cuda.py docstring) as the small-M kernels of gptq_cuda.cu, which this file
-// is appended to before compiling (its helpers: Fmt, magic_pair, kpos, hsub2, hmul2, prmt, mma16816,
-// smem_u32, cp_async16).
+// is appended to before compiling (its helpers: Fmt, magic_pair, kpos, hsub2, hmul2, prmt, mma16816).
 //
 // qgemm_mma<BITS, GSTC, NTW, MBW, WN, WM, STAGES>: y[M, N] = x[M, K] @ W (+ bias)
 //   Orientation as in qgemm_small: W^T (rows n) is the mma A operand, decoded in registers from the
@@ -42,6 +41,20 @@ struct MmaCfg {
     static constexpr int X_BYTES = BM * XROW;
     static constexpr int STAGE_BYTES = W_BYTES + SZ_BYTES + X_BYTES;
 };
+
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 a;
+    asm("{\n\t.reg .u64 t;\n\tcvta.to.shared.u64 t, %1;\n\tcvt.u32.u64 %0, t;\n\t}" : "=r"(a) : "l"(p));
+    return a;
+}
+// 16-byte global -> shared copy; fewer than 16 source bytes (here 0) zero-fill the rest.
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
 __device__ __forceinline__ int xswz(int c) { return c ^ (((c >> 3) & 1) << 1); }
 

@@ -4,7 +4,6 @@
     python tools/bench_kernels.py --quick    # two shapes, M in {1, 16, 512}
     python tools/bench_kernels.py --sweep    # M = 1 and 4: every split-K / occupancy variant first
     python tools/bench_kernels.py --mma-sweep  # M = 64 and 512: every qgemm_mma tile x split first
-    python tools/bench_kernels.py --ring-sweep # M = 1 and 4: qgemm_ring (shared-memory weight ring) variants
 
 Measures the device-to-device copy bandwidth first (bytes read + written), then for each weight
 shape K x N and batch M: y = x @ W with
@@ -209,8 +208,7 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
 
 def _variant_label(kw: dict) -> str:
     label = f"{'s' if kw['xs'] else 'g'}{kw['occ']}c{kw['cs']}"
-    return (label + (f"p{kw['pd']}" if kw.get("pd") else "") + (f"n{kw['nt']}" if kw.get("nt", 1) > 1 else "")
-            + (f"r{kw['rd']}" if kw.get("rd") else ""))
+    return label + (f"p{kw['pd']}" if kw.get("pd") else "") + (f"n{kw['nt']}" if kw.get("nt", 1) > 1 else "")
 
 
 def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> list[dict]:
@@ -257,15 +255,14 @@ def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> lis
     return rows
 
 
-def sweep(shapes, timer, device, gen, l2, wide: bool = False, ring: bool = False) -> list[dict]:
+def sweep(shapes, timer, device, gen, l2, wide: bool = False) -> list[dict]:
     """M = 1 and 4: time every fused-kernel variant of kernels.cuda.sweep_kernel_names (x staged
     's' or read from global memory 'g', blocks per SM, blocks per split-K cluster 'c'; wide:
-    units in flight per warp 'p' and output tiles per block 'n', no split-K; ring: the
-    qgemm_ring variants of kernels.cuda.ring_sweep_kernel_names, 'r' = ring slots per warp) next
-    to the default plan, and check each against the default's output."""
+    units in flight per warp 'p' and output tiles per block 'n', no split-K) next to the default plan,
+    and check each against the default's output."""
     from gptq_export.kernels import cuda as kc
 
-    variants = kc.ring_sweep_kernel_names() if ring else kc.sweep_kernel_names(wide=wide)
+    variants = kc.sweep_kernel_names(wide=wide)
     t0 = time.time()
     kc.precompile([n for n, _ in variants])
     print(f"sweep: {len(variants)} kernels compiled in {time.time() - t0:.1f}s", flush=True)
@@ -277,7 +274,7 @@ def sweep(shapes, timer, device, gen, l2, wide: bool = False, ring: bool = False
     labels = sorted({k for r in rows for k in r["variants"]})
     w = max(7, *(len(lb) for lb in labels))
     print("\nsweep (us; s/g = x staged / global, then blocks per SM, c = blocks per split-K cluster, p = units in "
-          "flight per warp, n = output tiles per block, r = ring slots per warp)")
+          "flight per warp, n = output tiles per block)")
     print("(fp16 = cuBLAS fp16 weight; read = a plain read of the packed layer's bytes; xfp16 = fp16 / best)")
     print(f"{'K x N':>12} {'b':>2} {'M':>2} {'fp16':>7} {'read':>6} {'default':>8} {'best':>{w}} {'us':>6} {'xfp16':>6} "
           + " ".join(f"{lb:>{w}}" for lb in labels) + "  maxerr")
@@ -385,9 +382,6 @@ def main() -> None:
     ap.add_argument("--sweep-only", action="store_true")
     ap.add_argument("--gemv-sweep", action="store_true",
                     help="M = 1 and 4: time the fused kernel at every occupancy x units in flight x tiles per block")
-    ap.add_argument("--ring-sweep", action="store_true",
-                    help="M = 1 and 4: time the shared-memory weight ring kernel (qgemm_ring) variants first")
-    ap.add_argument("--ring-sweep-only", action="store_true")
     ap.add_argument("--mma-sweep", action="store_true", help="time every qgemm_mma tile x split first (M 64, 512)")
     ap.add_argument("--mma-sweep-only", action="store_true")
     ap.add_argument("--wg-sweep", action="store_true", help="time every qgemm_wg (Hopper wgmma) tile x split first")
@@ -417,10 +411,6 @@ def main() -> None:
     if args.gemv_sweep:
         results["gemv_sweep"] = sweep(shapes, timer, device, gen, l2, wide=True)
         shapes = []
-    if args.ring_sweep or args.ring_sweep_only:
-        results["ring_sweep"] = sweep(shapes, timer, device, gen, l2, ring=True)
-        if args.ring_sweep_only:
-            shapes = []
     if args.sweep or args.sweep_only:
         results["sweep"] = sweep(shapes, timer, device, gen, l2)
         if args.sweep_only:

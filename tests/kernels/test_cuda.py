@@ -169,7 +169,7 @@ def test_kernel_names_and_default_plan():
     assert kc.small_kernel_name(4, 1, 1, 8, True, 4) == "qgemm_small<4,1,1,8,1,4,0>"
     assert kc.small_kernel_name(3, 1, 1, 8, False, 2, 3, 4) == "qgemm_split<3,1,8,0,2,3,4>"
     assert kc.small_params("qgemm_split<3,1,8,0,2,3,4>") == dict(bits=3, nt=1, gstc=8, xs=0, occ=2, pd=3, cs=4,
-                                                                   mt=1, rd=0)
+                                                                   mt=1)
     with pytest.raises(ValueError):
         kc.small_kernel_name(4, 2, 1, 8, False, 2, 0, 2)
 
@@ -191,56 +191,6 @@ def test_kernel_names_and_default_plan():
     assert kc.default_nt(4, 1, 8, 28672, None) == 1 and kc.default_nt(4, 2, 8, 28672, 132) == 2
     assert kc.default_pd(1, 2) == 1 and kc.default_pd(1, 1) == 0 and kc.default_pd(2, 2) == 0
     assert kc.small_kernel_name(4, 1, 2, 8, False, 4, 1) in kc.common_kernel_names()
-
-
-def test_ring_kernel_names_and_sizes():
-    name = kc.small_kernel_name(3, 1, 2, 8, True, 3, 0, 1, 4)
-    assert name == "qgemm_ring<3,1,2,8,1,3,4>"
-    assert kc.small_params(name) == dict(bits=3, mt=1, nt=2, gstc=8, xs=1, occ=3, rd=4, pd=0, cs=1)
-    assert kc.small_params("qgemm_small<4,1,1,8,1,4,0>")["rd"] == 0
-    for bad in ((4, 1, 1, 8, False, 4, 0, 2, 3), (4, 4, 1, 8, False, 2, 0, 1, 3), (4, 1, 1, 8, False, 2, 0, 1, 1)):
-        with pytest.raises(ValueError, match="ring kernels"):
-            kc.small_kernel_name(*bad)
-    # 8 warps x slots x tiles x (32 lanes x WPU words + 16 sz words per group of the unit) x 4 bytes
-    assert kc.ring_bytes(4, 1, 8, 3) == 8 * 3 * (32 * 8 + 16) * 4
-    assert kc.ring_bytes(3, 2, 2, 2) == 8 * 2 * 2 * (32 * 6 + 16 * 4) * 4
-    assert kc.ring_bytes(4, 2, 8, 0) == 0
-    variants = kc.ring_sweep_kernel_names()
-    assert len({n for n, _ in variants}) == len(variants)
-    for n, kw in variants:
-        p = kc.small_params(n)
-        assert p["rd"] == kw["rd"] and p["nt"] == kw["nt"] and p["occ"] == kw["occ"]
-        assert kc.ring_bytes(p["bits"], p["nt"], 8, p["rd"]) + kc.red_bytes(1, p["nt"]) <= kc.XS_MAX_BYTES[p["occ"]]
-    for n in _RING_TEST_KERNELS:
-        assert n in kc.common_kernel_names()
-
-
-# (mt, nt, xs, occ, rd) of the ring-kernel GPU tests: every tile, x staged or not, 2..4 slots.
-RING_CONFIGS = list(kc.RING_TEST_CONFIGS)
-# (K, N, group, act): several units per warp, so that every slot is refilled (K' / 128 / 8 warps > rd);
-# act-order; groups of 32 (4 sz rows per unit) and 48 (padded to 64); per channel with K % 8 != 0.
-RING_CASES = [(6444, 200, 128, True), (5000, 70, 32, False), (4100, 33, -1, False), (3600, 96, 48, True)]
-
-
-def _ring_plan(bits, case, cfg) -> bool:
-    """Whether the GPU tests run ring config `cfg` on `case` (all configs on full groups for 3/4 bits,
-    the first and third for 2/8 bits; the first one only on smaller groups), where the ring fits."""
-    mt, nt, xs, occ, rd = cfg
-    if kc.ring_bytes(bits, nt, _gstc(case), rd) + kc.red_bytes(mt, nt) > kc.XS_MAX_BYTES[occ]:
-        return False
-    if case[2] in (32, 48):
-        return cfg == RING_CONFIGS[0]
-    return bits in (3, 4) or cfg in (RING_CONFIGS[0], RING_CONFIGS[2])
-
-
-def _gstc(case) -> int:
-    K, _, group, _ = case
-    return kc.plan_layout(default_g_idx(K, group), 2, K, 8, -(-K // (K if group == -1 else group))).gstc
-
-
-_RING_TEST_KERNELS = sorted({kc.small_kernel_name(b, mt, nt, _gstc(case), xs, occ, 0, 1, rd)
-                             for b in BITS for case in RING_CASES for (mt, nt, xs, occ, rd) in RING_CONFIGS
-                             if _ring_plan(b, case, (mt, nt, xs, occ, rd))})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -449,58 +399,15 @@ def test_gpu_units_in_flight_variants(cp, bits, occ, pd):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("case", RING_CASES)
-@pytest.mark.parametrize("cfg", RING_CONFIGS)
-def test_gpu_ring_kernel_matches_reference(cp, bits, case, cfg):
-    """qgemm_ring (weights through a shared-memory ring of rd slots per warp) against the float64
-    reference: M = 1..16 rows, fp16 and fp32 x, aligned or not, bias or none."""
-    if not _ring_plan(bits, case, cfg):
-        pytest.skip("ring config not in this case's plan (see _ring_plan)")
-    mt, nt, xs, occ, rd = cfg
-    seed = fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, group, act = case
-    layer = random_layer(rng, bits, K, N, group, act)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    assert gl.layout.nu > 8 * rd, "every slot must be refilled at least once"
-    for M in ((1, 2, 3, 8) if mt == 1 else (9, 16)):
-        if xs and not kc.staged_x(gl, M, mt, occ, nt, 1, rd):
-            continue  # x too large to stage next to this ring
-        for dtype, offset in ((np.float16, 0), (np.float32, 1)):
-            buf = cp.asarray(rng.standard_normal(M * K + offset).astype(dtype))
-            x = buf[offset:].reshape(M, K)
-            bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
-            ref = quant_matmul(cp.asnumpy(x).astype(np.float64), *layer, bias, bits, K, N)
-            got = _run(cp, gl, x, cp.asarray(bias) if bias is not None else None, path="fused", mt=mt, nt=nt, xs=xs,
-                       occ=occ, rd=rd)
-            assert rel_err(got, ref) <= TOL, f"M {M} {dtype.__name__} seed {seed}"
-
-
-@pytest.mark.gpu
-def test_gpu_ring_rejects_what_does_not_fit(cp):
-    rng = np.random.default_rng()
-    layer = random_layer(rng, 4, 8192, 64, 128, False)
-    gl = kc.GpuLinear.from_packed(*layer, 4, 8192, 64)
-    x = cp.asarray(rng.standard_normal((1, 8192)).astype(np.float16))
-    with pytest.raises(ValueError, match="does not fit"):
-        kc.quant_matmul(x, gl, rd=6, nt=2, occ=4, xs=False)
-    with pytest.raises(ValueError, match="next to a ring"):
-        kc.quant_matmul(x, gl, rd=6, nt=2, occ=3, xs=True)
-    with pytest.raises(ValueError, match="rd must be"):
-        kc.quant_matmul(x, gl, rd=3, cs=2)
-
-
-@pytest.mark.gpu
 def test_gpu_results_are_deterministic(cp):
     rng = np.random.default_rng()
     layer = random_layer(rng, 4, 2048, 512, 128, True)
     gl = kc.GpuLinear.from_packed(*layer, 4, 2048, 512)
-    for M, cs, rd in ((1, None, None), (1, 2, None), (4, 4, None), (16, None, None), (100, None, None), (3, None, 3)):
+    for M, cs in ((1, None), (1, 2), (4, 4), (16, None), (100, None)):
         x = cp.asarray(rng.standard_normal((M, 2048)).astype(np.float16))
-        first = cp.asnumpy(kc.quant_matmul(x, gl, cs=cs, rd=rd))
+        first = cp.asnumpy(kc.quant_matmul(x, gl, cs=cs))
         for _ in range(3):
-            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, cs=cs, rd=rd)), first)
+            np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, cs=cs)), first)
 
 
 @pytest.mark.gpu
