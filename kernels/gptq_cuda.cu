@@ -277,6 +277,26 @@ __device__ __forceinline__ void decode_a(u32 (&a)[4], const u32 (&w)[Fmt<BITS>::
         a[1] = hfma2(and_or_magic<0x00F000F0u>(lo), 0x2C002C00u, nz1);  // half2(1/16, 1/16)
         a[2] = hsub2(and_or_magic<0x000F000Fu>(hi), zz0);
         a[3] = hfma2(and_or_magic<0x00F000F0u>(hi), 0x2C002C00u, nz1);
+    } else if constexpr (BITS == 3) {
+        // Codes at bits 3 and 6 of a word are taken unshifted as 1024 + 8 q and 1024 + 64 q and
+        // finished with one fma against -(128 + z) = 896 - (1024 + z) and -(16 + z) = 1008 - (1024 + z);
+        // those at 9 and 12 are at 0 and 3 of one shift by 9. One shift per word instead of four.
+        const u32 n3[2] = {hsub2(0x63006300u, zz0), hsub2(0x63006300u, zz1)};  // half2(896, 896) - zz
+        const u32 n6[2] = {hsub2(0x63E063E0u, zz0), hsub2(0x63E063E0u, zz1)};  // half2(1008, 1008) - zz
+#pragma unroll
+        for (int pr = 0; pr < 4; ++pr) {
+            const int p = (ts & 3) * 4 + pr, r = pr & 1;
+            const u32 zz = r ? zz1 : zz0;
+            if (p == 15) {
+                a[pr] = hsub2(magic_pair<BITS>(w, ts, pr), zz);
+                continue;
+            }
+            const u32 word = w[3 * (ts >> 2) + p / 5], f = p % 5;
+            const u32 v = f >= 3 ? word >> 9 : word;
+            if (f == 0 || f == 3) a[pr] = hsub2(and_or_magic<0x00070007u>(v), zz);
+            else if (f == 1 || f == 4) a[pr] = hfma2(and_or_magic<0x00380038u>(v), 0x30003000u, n3[r]);  // x 1/8
+            else a[pr] = hfma2(and_or_magic<0x01C001C0u>(v), 0x24002400u, n6[r]);                       // x 1/64
+        }
     } else {
 #pragma unroll
         for (int pr = 0; pr < 4; ++pr) a[pr] = hsub2(magic_pair<BITS>(w, ts, pr), (pr & 1) ? zz1 : zz0);
