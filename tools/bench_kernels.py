@@ -416,11 +416,11 @@ def main() -> None:
         if args.sweep_only:
             shapes = []
     if args.mma_sweep or args.mma_sweep_only:
-        results["mma_sweep"] = mma_sweep(shapes, [m for m in ms if m >= 64] or [64, 512], timer, device, gen, l2)
+        results["mma_sweep"] = mma_sweep(shapes, [m for m in ms if m > 16] or [64, 512], timer, device, gen, l2)
         if args.mma_sweep_only:
             shapes = []
     if args.wg_sweep or args.wg_sweep_only:
-        results["wg_sweep"] = mma_sweep(shapes, [m for m in ms if m >= 64] or [128, 512], timer, device, gen, l2,
+        results["wg_sweep"] = mma_sweep(shapes, [m for m in ms if m > 16] or [128, 512], timer, device, gen, l2,
                                         path="wgmma")
         if args.wg_sweep_only:
             shapes = []
