@@ -47,7 +47,8 @@ Paths of `quant_matmul` (M = rows of x):
 - MMA_MIN_M <= M <= MMA_MAX_M, bits in MMA_BITS: `qgemm_mma` (kernels/gptq_mma.cu, launcher
   kernels/cuda_mma.py), a fused dequantize + mma.sync GEMM with a cp.async pipeline over the same
   tc layout (x in K' order: prep_x first when needed).
-- WG_MIN_M <= M <= WG_MAX_M, bits in MMA_BITS, at least WG_MIN_WEIGHTS weights, on sm_90 (H100 /
+- WG_MIN_M <= M <= WG_MAX_M (and WG_SMALL_MIN_M <= M <= WG_SMALL_MAX_M with >= WG_SMALL_MIN_UNITS K'
+  units), bits in MMA_BITS, at least WG_MIN_WEIGHTS weights, on sm_90 (H100 /
   H200): `qgemm_wg` (kernels/gptq_wgmma.cu, launcher kernels/cuda_wgmma.py), a fused dequantize +
   wgmma GEMM fed by TMA bulk copies (x first gathered into the kernel's order by `prep_xwg`).
 - larger M (prefill), other bits, or path="dequant": `dequant_tc` writes W^T in fp16 (K' order) to a scratch
@@ -125,6 +126,14 @@ WG_MIN_WEIGHTS = 32 << 20
 #: (4096 x 11008: 126 against 107) keep dequantize + cuBLAS there.
 WG_BIG_MAX_M = 512
 WG_BIG_WEIGHTS = 64 << 20
+#: ... and, in 256 x 64 blocks (kernels.cuda_wgmma.default_plan), for WG_SMALL_MIN_M <= M <=
+#: WG_SMALL_MAX_M rows of layers with at least WG_MIN_WEIGHTS weights and WG_SMALL_MIN_UNITS K' units:
+#: on an H200 at 32 and 64 rows (docs/gpu-results-h200.md), 4-bit 8192 x 28672 95-97 us against 126-129
+#: for qgemm_mma, 8192 x 8192 35-37 against 40-43, 11008 x 4096 28-30 against 31-33; with 32 units
+#: (4096 x 11008) qgemm_mma stays faster (31-34 against 34-37).
+WG_SMALL_MIN_M = 17
+WG_SMALL_MAX_M = 64
+WG_SMALL_MIN_UNITS = 64
 _OPTIONS = ("-std=c++17",)
 #: The Hopper wgmma kernels (`qgemm_wg<...>`, kernels/cuda_wgmma.py) are compiled as a second module:
 #: SOURCES + WG_SOURCE with sm_90a's arch-specific instructions (CuPy appends its own -arch=sm_90
@@ -388,11 +397,13 @@ def gather_x(layer: GpuLinear, x2, out=None):
 
 def auto_path(layer: GpuLinear, M: int) -> str:
     """Path of `quant_matmul(path="auto")` for M rows: "fused", "mma", "wgmma" or "dequant" (see
-    MMA_BITS, WG_MIN_M)."""
+    MMA_BITS, WG_MIN_M, WG_SMALL_MIN_M)."""
     lay = layer.layout
     weights = lay.K * lay.N
-    if lay.bits in MMA_BITS and WG_MIN_M <= M and (
-            (M <= WG_MAX_M and weights >= WG_MIN_WEIGHTS) or (M <= WG_BIG_MAX_M and weights >= WG_BIG_WEIGHTS)):
+    few = WG_SMALL_MIN_M <= M <= WG_SMALL_MAX_M and weights >= WG_MIN_WEIGHTS and lay.nu >= WG_SMALL_MIN_UNITS
+    many = WG_MIN_M <= M and (
+        (M <= WG_MAX_M and weights >= WG_MIN_WEIGHTS) or (M <= WG_BIG_MAX_M and weights >= WG_BIG_WEIGHTS))
+    if lay.bits in MMA_BITS and (few or many):
         from . import cuda_wgmma
 
         if cuda_wgmma.available():

@@ -213,15 +213,23 @@ def test_auto_dispatch_picks_wgmma_only_on_hopper(monkeypatch):
     huge = layer(4, 8192, 28672)
     assert kc.auto_path(huge, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(huge, kc.WG_BIG_MAX_M + 1) == "dequant"
     assert kc.auto_path(big, kc.WG_BIG_MAX_M) == "wgmma" and kc.auto_path(mid, 512) == "dequant"
+    # 17..64 rows: wgmma on layers with >= WG_MIN_WEIGHTS weights and >= WG_SMALL_MIN_UNITS K' units
+    assert kc.auto_path(big, kc.WG_SMALL_MIN_M) == "wgmma" and kc.auto_path(big, kc.WG_SMALL_MAX_M) == "wgmma"
+    assert kc.auto_path(big, kc.WG_SMALL_MIN_M - 1) == "fused" and kc.auto_path(big, kc.WG_SMALL_MAX_M + 1) == "mma"
+    assert kc.auto_path(layer(3, 11008, 4096), 32) == "wgmma" and kc.auto_path(huge, 64) == "wgmma"
+    assert kc.auto_path(mid, 32) == "mma" and kc.auto_path(small, 64) == "mma"  # 32 units; 16M weights
+    assert kc.auto_path(layer(8, 8192, 8192), 32) != "wgmma"
     monkeypatch.setattr(kw, "available", lambda: False)
-    assert kc.auto_path(big, 128) == "mma" and kc.auto_path(big, 256) == "dequant"
+    assert kc.auto_path(big, 128) == "mma" and kc.auto_path(big, 256) == "dequant" and kc.auto_path(big, 32) == "mma"
 
 
 def test_default_plan_covers_the_gpu(monkeypatch):
     from gptq_export.kernels import cuda_mma
 
     monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
-    for K, N, M, label, split in ((8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
+    for K, N, M, label, split in ((8192, 28672, 64, "256x64r", 1), (8192, 8192, 32, "256x64r", 4),
+                                  (11008, 4096, 17, "256x64r", 8), (8192, 8192, 65, "256x128", 4),
+                                  (8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
                                   (8192, 28672, 256, "128x256c4r", 1), (8192, 8192, 256, "128x256c2r", 2),
                                   (8192, 8192, 512, "128x256c2r", 1), (4096, 11008, 256, "128x256c4r", 1),
                                   (11008, 4096, 256, "128x256c2r", 4), (4096, 4096, 512, "128x256c2r", 2)):
@@ -230,6 +238,6 @@ def test_default_plan_covers_the_gpu(monkeypatch):
         assert (tile.label, sp) == (label, split), (K, N, M)
     for bits, group in ((8, 128), (4, 16), (2, 16)):  # every default tile fits shared memory
         lay = kc.plan_layout(np.arange(8192) // group, bits, 8192, 8192, 8192 // group)
-        for M in (1, 128, 129, 512):
+        for M in (1, 64, 65, 128, 129, 512):
             tile, _ = kw.default_plan(kc.GpuLinear(lay, None, None, None), M)
             assert kw.fits(bits, lay.gstc, tile)
