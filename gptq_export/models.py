@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,9 +107,7 @@ def check_kernels_not_shadowed() -> None:
     gptq-export source folder puts that folder first on ``sys.path``, where ``kernels/`` (installed as
     ``gptq_export.kernels``) would be found instead.
     """
-    if "kernels" in sys.modules:
-        return
-    found = _package_dir("kernels")
+    found = _package_dir("kernels")  # find_spec: the imported module where there is one
     ours = Path(__file__).resolve().parents[1] / "kernels"
     if found is not None and found.resolve() == ours and (ours / "gptq_cuda.cu").is_file():
         raise ModelLoadError(

@@ -131,7 +131,7 @@ WG_BIG_WEIGHTS = 64 << 20
 #: on an H200 at 32 and 64 rows (docs/gpu-results-h200.md), 4-bit 8192 x 28672 95-97 us against 126-129
 #: for qgemm_mma, 8192 x 8192 35-37 against 40-43, 11008 x 4096 28-30 against 31-33; with 32 units
 #: (4096 x 11008) qgemm_mma stays faster (31-34 against 34-37).
-WG_SMALL_MIN_M = 17
+WG_SMALL_MIN_M = MMA_MIN_M
 WG_SMALL_MAX_M = 64
 WG_SMALL_MIN_UNITS = 64
 _OPTIONS = ("-std=c++17",)

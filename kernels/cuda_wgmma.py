@@ -57,7 +57,7 @@ class WgTile:
 #: cN = clusters of N blocks along the outputs sharing x, r = weights loaded into registers one
 #: unit ahead).
 TILES = {t.label: t for t in (
-    WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64), WgTile(2, 64, 1, True),
+    WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64, 1, True),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
 )}
@@ -187,8 +187,8 @@ def prep(x2, layer: kc.GpuLinear, out=None):
 def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     """(tile, split) for M rows, from tile sweeps on an H100 (tools/bench_kernels.py --wg-sweep,
     docs/gpu-results.md; up to 64 rows on an H200, docs/gpu-results-h200.md): 256 x 64 blocks with
-    the weights loaded straight into registers up to 64 rows, 256 x 128 blocks up to 128; above, 128 x 256 blocks with the
-    weights loaded straight into registers, in clusters of 4 where N gives at least C4_BLOCKS_PER_SM
+    the weights loaded straight into registers up to 64 rows, 256 x 128 blocks up to 128; above,
+    128 x 256 blocks with the weights loaded straight into registers, in clusters of 4 where N gives at least C4_BLOCKS_PER_SM
     blocks of 128 outputs per SM, else of 2 (128 x 128 blocks where those tiles do not fit shared
     memory: 8 bits, 4 bits with groups of 16); K' split so that the grid covers the SMs about once,
     with >= 4 units per split."""

@@ -110,6 +110,21 @@ def read_us(nbytes: int, timer, l2: int) -> float:
     return timer.per_call_ms(lambda i: bufs[i % len(bufs)].sum(), len(bufs)) * 1e3
 
 
+def packed_copies(K, N, bits, act_order, device, gen, l2) -> list:
+    """Enough random packed layers (GpuLinear) of one shape that rotating through them defeats L2."""
+    from gptq_export.kernels import torch_cuda as tc
+
+    first = tc.gpu_linear(*random_packed(K, N, bits, act_order, device, gen), bits, K, N, device)
+    return [first] + [tc.gpu_linear(*random_packed(K, N, bits, act_order, device, gen), bits, K, N, device)
+                      for _ in range(n_copies(first.read_bytes, l2) - 1)]
+
+
+def fp16_copies(K, N, device, gen, l2) -> list:
+    """The same for fp16 weights [N, K] (cuBLAS baseline)."""
+    return [torch.randn(N, K, device=device, dtype=torch.float16, generator=gen) * 0.02
+            for _ in range(n_copies(2 * N * K, l2))]
+
+
 def random_packed(K, N, bits, act_order, device, gen):
     """Random tensors of the CPU `gptq` format, made on the GPU (any bit pattern is a valid code stream)."""
     from gptq_export.kernels.reference import packed_rows
@@ -145,17 +160,12 @@ def int4_setup(K, N, ncopy, device, gen):
 
 def bench_shape(K, N, ms, timer, device, gen, l2):
     """All rows of one weight shape (printed as they come), and torch int4's error if any."""
-    from gptq_export.kernels import torch_cuda as tc
 
     variants = {}
     for bits in (4, 3):
         for act in (False, True):
-            first = tc.gpu_linear(*random_packed(K, N, bits, act, device, gen), bits, K, N, device)
-            layers = [first] + [tc.gpu_linear(*random_packed(K, N, bits, act, device, gen), bits, K, N, device)
-                                for _ in range(n_copies(first.read_bytes, l2) - 1)]
-            variants[f"w{bits}" + ("a" if act else "")] = layers
-    w16 = [torch.randn(N, K, device=device, dtype=torch.float16, generator=gen) * 0.02
-           for _ in range(n_copies(2 * N * K, l2))]
+            variants[f"w{bits}" + ("a" if act else "")] = packed_copies(K, N, bits, act, device, gen, l2)
+    w16 = fp16_copies(K, N, device, gen, l2)
     int4_w, int4_sz, err = int4_setup(K, N, n_copies(N * K // 2, l2), device, gen)
     reads = {b: read_us(variants[f"w{b}"][0].read_bytes, timer, l2) for b in (4, 3)}
     rows = []
@@ -215,11 +225,9 @@ def _sweep_shape(K, N, bits, variants, timer, device, gen, l2, ms=(1, 4)) -> lis
     from gptq_export.kernels import cuda as kc
     from gptq_export.kernels import torch_cuda as tc
 
-    first = tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
-    layers = [first] + [tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
-                        for _ in range(n_copies(first.read_bytes, l2) - 1)]
-    nl = len(layers)
-    w16 = [torch.randn(N, K, device=device, dtype=torch.float16, generator=gen) for _ in range(n_copies(2 * N * K, l2))]
+    layers = packed_copies(K, N, bits, False, device, gen, l2)
+    first, nl = layers[0], len(layers)
+    w16 = fp16_copies(K, N, device, gen, l2)
     t_read = read_us(first.read_bytes, timer, l2)
     rows = []
     for M in ms:
@@ -302,10 +310,8 @@ def mma_sweep(shapes, ms, timer, device, gen, l2, path: str = "mma") -> list[dic
     rows = []
     for K, N in shapes:
         for bits in (4, 3):
-            first = tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
-            layers = [first] + [tc.gpu_linear(*random_packed(K, N, bits, False, device, gen), bits, K, N, device)
-                                for _ in range(n_copies(first.read_bytes, l2) - 1)]
-            nl = len(layers)
+            layers = packed_copies(K, N, bits, False, device, gen, l2)
+            first, nl = layers[0], len(layers)
             for M in ms:
                 xs = [torch.randn(M, K, device=device, dtype=torch.float16, generator=gen) for _ in range(nl)]
                 ys = [torch.empty(M, N, device=device, dtype=torch.float16) for _ in range(nl)]
