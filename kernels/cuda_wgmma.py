@@ -19,7 +19,7 @@ order (deterministic), as for `qgemm_mma`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +39,7 @@ class WgTile:
     cn: int = 1  # CTAs per cluster along N (they share each x stage through multicast)
     wr: bool = False  # weights loaded straight into registers (one unit ahead), not staged by TMA
     nwg: int = 2  # warpgroups per block
+    tail: WgTile | None = None  # blocks of the last, partial wave (split = 1 only): see `tail_start`
 
     @property
     def bn(self) -> int:
@@ -50,17 +51,26 @@ class WgTile:
 
     @property
     def label(self) -> str:
-        return f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
+        own = f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
+        return own + (f"+{self.tail.label}" if self.tail else "")
+
+    def parts(self) -> tuple[WgTile, ...]:
+        """The block shapes launched: this one, then the tail's."""
+        return (self,) + (self.tail.parts() if self.tail else ())
 
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
 #: cN = clusters of N blocks along the outputs sharing x, r = weights loaded into registers one
 #: unit ahead).
-TILES = {t.label: t for t in (
+_BASE = (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64, 1, True),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
-)}
+)
+#: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
+_TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)
+                for tail in (WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 64)))
+TILES = {t.label: t for t in _BASE + _TAILED}
 #: (Weights two units ahead in registers measured no faster than one on any H100 benchmark shape,
 #: docs/gpu-results.md; removed.)
 
@@ -72,6 +82,7 @@ def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:
 
 
 def stages_for(bits: int, gstc: int, tile: WgTile) -> int:
+    """Pipeline stages of the tile's own blocks (not of its tail's)."""
     st = min(MAX_STAGES, SMEM_LIMIT // stage_bytes(bits, gstc, tile))
     if st < MIN_STAGES:
         raise ValueError(f"tile {tile.label} does not fit shared memory with {bits} bits")
@@ -79,8 +90,9 @@ def stages_for(bits: int, gstc: int, tile: WgTile) -> int:
 
 
 def fits(bits: int, gstc: int, tile: WgTile) -> bool:
-    """Whether MIN_STAGES stages of the tile fit shared memory (128 x 256 does not at 8 bits)."""
-    return SMEM_LIMIT // stage_bytes(bits, gstc, tile) >= MIN_STAGES
+    """Whether MIN_STAGES stages of the tile (and of its tail) fit shared memory (128 x 256 does
+    not at 8 bits)."""
+    return all(SMEM_LIMIT // stage_bytes(bits, gstc, t) >= MIN_STAGES for t in tile.parts())
 
 
 def smem_bytes(bits: int, gstc: int, tile: WgTile) -> int:
@@ -95,7 +107,8 @@ def kernel_name(bits: int, gstc: int, tile: WgTile) -> str:
 def kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), tiles=None) -> list[str]:
     """Kernels of the tests and benchmarks (for kernels.cuda.precompile)."""
     tiles = tiles or list(TILES.values())
-    return sorted({kernel_name(b, g, t) for b in bits for g in gstcs for t in tiles if fits(b, g, t)})
+    return sorted({kernel_name(b, g, p) for b in bits for g in gstcs for t in tiles if fits(b, g, t)
+                   for p in t.parts()})
 
 
 _SUPPORTED: dict[int, bool] = {}
@@ -152,6 +165,14 @@ ROW_ALIGN = 256  # rows of the prepared x: a multiple of every tile's BM
 C4_BLOCKS_PER_SM = 0.6
 
 
+#: Measured on an H200 at 512 rows (tools/bench_kernels.py --wg-sweep-only, docs/gpu-results-h200.md):
+#: 4096 x 11008 4-bit 125.9 -> 119.4 us, 3-bit 120.0 -> 118.8; on 8192 x 28672 (64 units) clusters
+#: of 4 without a tail stay faster (446.6 against 452.6 us). (`auto` keeps dequantize + cuBLAS for
+#: 4096 x 11008 at 512 rows, 94 us: this is the plan of path="wgmma".)
+TAIL_MIN_M = 512
+TAIL_MAX_UNITS = 32
+
+
 def padded_rows(M: int) -> int:
     return -(-M // ROW_ALIGN) * ROW_ALIGN
 
@@ -184,14 +205,40 @@ def prep(x2, layer: kc.GpuLinear, out=None):
     return out
 
 
+def resident_blocks(cn: int) -> int:
+    """Blocks (one per SM) the GPU runs at once in clusters of `cn` CTAs: every SM for cn <= 2; in
+    clusters of 4 (each within one GPC) an H100 / H200 runs 30 clusters, 120 of its 132 SMs
+    (Nsight Compute; and the time of 128 x 256 blocks in clusters of 4 doubles from 120 to 128
+    blocks, `tools/probe_wgmma.py K N M --waves`, docs/gpu-results-h200.md)."""
+    sms = cuda_mma.sm_count()
+    return sms if cn <= 2 else max(cn, sms - sms // 11)
+
+
+def tail_start(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
+    """First n-tile (16 outputs) of the tail of `tile` for M rows: the tile's blocks take the
+    whole waves (the most blocks, in whole clusters, that fill the GPU a whole number of times),
+    its tail's blocks the outputs left. Np // 16 (no tail) without a tail tile, when the blocks
+    fill whole waves, or fewer blocks than one wave."""
+    nts = lay.Np // 16
+    if tile.tail is None:
+        return nts
+    per = tile.bn * tile.cn // 16  # n-tiles per cluster
+    clusters, mb = -(-nts // per), -(-M // tile.bm)
+    wave = resident_blocks(tile.cn)
+    mid = clusters * tile.cn * mb // wave * wave // (tile.cn * mb) * per
+    return mid if 0 < mid < nts else nts
+
+
 def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     """(tile, split) for M rows, from tile sweeps on an H100 (tools/bench_kernels.py --wg-sweep,
     docs/gpu-results.md; up to 64 rows on an H200, docs/gpu-results-h200.md): 256 x 64 blocks with
     the weights loaded straight into registers up to 64 rows, 256 x 128 blocks up to 128; above,
     128 x 256 blocks with the weights loaded straight into registers, in clusters of 4 where N gives at least C4_BLOCKS_PER_SM
     blocks of 128 outputs per SM, else of 2 (128 x 128 blocks where those tiles do not fit shared
-    memory: 8 bits, 4 bits with groups of 16); K' split so that the grid covers the SMs about once,
-    with >= 4 units per split."""
+    memory: 8 bits, 4 bits with groups of 16); from TAIL_MIN_M rows, layers of at most
+    TAIL_MAX_UNITS K' units that would take clusters of 4 take clusters of 2 with the last, partial
+    wave in 128 x 128 blocks instead; K' split so that the grid covers the SMs about once, with >= 4
+    units per split."""
     lay = layer.layout
     sms = cuda_mma.sm_count()
 
@@ -202,6 +249,8 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
         tile = TILES["256x64r"]
     elif M <= 128:
         tile = TILES["256x128"]
+    elif M >= TAIL_MIN_M and lay.nu <= TAIL_MAX_UNITS and -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms:
+        tile = TILES["128x256c2r+128x128r"]
     else:
         tile = TILES["128x256c4r" if -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms else "128x256c2r"]
     if not fits(lay.bits, lay.gstc, tile):
@@ -224,7 +273,9 @@ def wg_matmul(x2, layer: kc.GpuLinear, bias, out, *, tile: WgTile | str | None =
 
 def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws=None, *, lbo: int | None = None,
         sbo: int | None = None):
-    """Launch qgemm_wg (+ mma_reduce when split > 1) for M rows.
+    """Launch qgemm_wg (+ mma_reduce when split > 1) for M rows; a tile with a tail (split = 1)
+    launches twice: its own blocks over the n-tiles [0, tail_start), then the tail's over the rest
+    (a split > 1 ignores the tail).
 
     xw:   CuPy fp16 [Kp/8, padded_rows(M), 8] in wg order (`prep`), C-contiguous, 16-byte aligned.
     bias: CuPy fp32 [N] or None.   out: CuPy fp16 or fp32 with M*N elements, C-contiguous (written whole).
@@ -242,17 +293,33 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
         raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
     if M == 0:
         return out
-    y_f32 = np.int32(out.dtype == cp.float32)
-    i32 = np.int32
-    null = np.uint64(0)
-    grid = (-(-lay.Np // (tile.bn * tile.cn)) * tile.cn, -(-M // tile.bm), split)
-    function(lay.bits, lay.gstc, tile)(
-        grid, (tile.threads,),
-        (xw, i32(Mp), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
-         out, y_f32, ws if split > 1 else null, i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(lay.upg),
-         i32(split), i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo)),
-        shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
-    )
+    nts = lay.Np // 16
+    if split > 1 or tile.tail is None:
+        _launch(xw, Mp, M, layer, bias, out, tile, split, ws, 0, nts, lbo, sbo)
+    else:  # whole waves of the tile's blocks, then the outputs left in the tail's blocks
+        mid = tail_start(lay, M, tile)
+        if mid > 0:
+            _launch(xw, Mp, M, layer, bias, out, replace(tile, tail=None), 1, ws, 0, mid, lbo, sbo)
+        if mid < nts:
+            _launch(xw, Mp, M, layer, bias, out, tile.tail, 1, ws, mid, nts, lbo, sbo)
     if split > 1:
         cuda_mma.reduce_split(ws, split, bias, out, M, lay.N)
     return out
+
+
+def _launch(xw, Mp: int, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws, nt_lo: int,
+            nt_hi: int, lbo: int | None, sbo: int | None) -> None:
+    """One qgemm_wg launch over the n-tiles [nt_lo, nt_hi) (arguments checked by `run`)."""
+    cp = kc._cupy()
+    lay = layer.layout
+    i32 = np.int32
+    null = np.uint64(0)
+    grid = (-(-(nt_hi - nt_lo) * 16 // (tile.bn * tile.cn)) * tile.cn, -(-M // tile.bm), split)
+    function(lay.bits, lay.gstc, tile)(
+        grid, (tile.threads,),
+        (xw, i32(Mp), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
+         out, i32(out.dtype == cp.float32), ws if split > 1 else null, i32(M), i32(lay.N), i32(lay.Np),
+         i32(nt_lo), i32(nt_hi), i32(lay.nu), i32(lay.upg), i32(split),
+         i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo)),
+        shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
+    )

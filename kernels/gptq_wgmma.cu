@@ -17,7 +17,9 @@
 //   "consumed" mbarrier (CTA-local; with clusters the producer then also waits for every CTA's
 //   producer on the slot's "empty" mbarrier). Consumers release unit it - 1 once INFLIGHT k-steps
 //   of unit it are issued (at most INFLIGHT wgmma groups, all of unit it, are then pending), so
-//   the producer fills unit it + STAGES - 1 while unit it computes. WR = 1: the packed weights
+//   the producer fills unit it + STAGES - 1 while unit it computes. The release is a predicated
+//   arrive, not a branch: a branch between the wgmma of the k-step loop made ptxas serialize them
+//   (C7513; seen on every 128-token tile). WR = 1: the packed weights
 //   skip shared memory: each consumer warp loads its n-tile's words for the next unit into
 //   registers (plain loads, as the GEMV does), only SZ and X are staged.
 //   Stage: W (BN/16 blocks of 32*WPU words, verbatim; none with WR), SZ (NGU rows of BN sz words), X: 16 chunks
@@ -31,14 +33,17 @@
 //   CN > 1: clusters of CN CTAs along N share each X stage (one multicast bulk copy per chunk, the
 //   chunks spread over the CTAs); a slot is refilled only after every CTA of the cluster released
 //   it (the producers arrive on each other's "empty" mbarriers). The grid's x is a multiple of CN;
-//   CTAs past N' only help load X.
+//   CTAs past n-tile nt_hi only help load X.
+//   Output range: the grid covers the n-tiles (16 outputs) [nt_lo, nt_hi) of N' only (block x starts
+//   at n-tile nt_lo + x * BN/16), so that two launches of different tiles can share one layer (the
+//   last, partial wave of a big tile done in smaller tiles: kernels/cuda_wgmma.py `tail_start`).
 //   split > 1: blockIdx.z takes the units [NU*z/split, NU*(z+1)/split) and writes fp32 partials to
 //   ws[z][M][N] (mma_reduce adds them in z order, adds bias and casts).
 //
 // xw: as above, 16-byte aligned. qw, sz: the tc layout; upg: units per group (GSTC == 8).
 // bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
-// lbo / sbo: descriptor byte offsets (BM*16 and 128).
-// Grid: (ceil(Np / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 128 threads;
+// lbo / sbo: descriptor byte offsets (BM*16 and 128). nt_lo, nt_hi: the n-tiles computed, 0 <= nt_lo < nt_hi <= Np/16.
+// Grid: (ceil((nt_hi - nt_lo) * 16 / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 128 threads;
 // dynamic shared memory: STAGES * WgCfg::STAGE_BYTES (128-byte aligned stages).
 
 // Profiling only (tools/probe_wgmma.py --ablate compiles with -DWG_ABLATE=1..5): 1 skips the
@@ -214,6 +219,12 @@ __device__ __forceinline__ void mbar_arrive_remote(u32 bar, u32 cta) {
 __device__ __forceinline__ void mbar_arrive_local(u32 bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// The same where `cond` (a predicated instruction, no branch: a branch between the wgmma of a
+// k-step loop makes ptxas serialize them, C7513).
+__device__ __forceinline__ void mbar_arrive_local_if(u32 bar, bool cond) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.u32 p, %1, 0;\n\t@p mbarrier.arrive.shared::cta.b64 _, [%0];\n\t}\n" ::"r"(bar),
+                 "r"((u32)cond) : "memory");
+}
 
 // Stage of unit u, issued by the lanes of one warp as bulk copies completing on `bar`:
 // W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows).
@@ -223,11 +234,11 @@ __device__ __forceinline__ void mbar_arrive_local(u32 bar) {
 // barrier expects its own W and SZ plus all 16 X chunks.
 template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR>
 __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp,
-                                               const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int NU,
-                                               int upg, int nt0, int m0, int lane, u32 rank) {
+                                               const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int nt_hi,
+                                               int NU, int upg, int nt0, int m0, int lane, u32 rank) {
     using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
     constexpr int NB = WR ? 0 : C::BN / 16, WB = 32 * C::WPU * 4, NX = 16 / CN;
-    const int ntv = max(0, min(C::BN / 16, Np / 16 - nt0));
+    const int ntv = max(0, min(C::BN / 16, nt_hi - nt0));
     const u32 szb = ntv * 64;
     constexpr int XB = WG_ABLATE == 3 ? 0 : 16 * BM * 16;
     if (lane == 0) mbar_expect_tx(bar, (WR ? 0 : ntv * WB) + (ntv ? C::NGU * szb : 0) + XB);
@@ -259,7 +270,7 @@ template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGE
 __global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
-         int Np, int NU, int upg, int split, int lbo, int sbo) {
+         int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo) {
     using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
     static_assert(STAGES >= 2, "a slot is refilled while the others compute");
     extern __shared__ uint4 wg_smem[];
@@ -268,7 +279,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wg = warp >> 2, wq = warp & 3;
     const int g = lane >> 2, t = lane & 3;
-    const int nt0 = blockIdx.x * (C::BN / 16), m0 = blockIdx.y * BM;
+    const int nt0 = nt_lo + blockIdx.x * (C::BN / 16), m0 = blockIdx.y * BM;
     const int z = blockIdx.z;
     const int u_begin = (int)((long long)NU * z / split), u_end = (int)((long long)NU * (z + 1) / split);
     const int iters = u_end - u_begin;
@@ -309,7 +320,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
                 }
             }
             wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u_begin + v, xw,
-                                                        Mp, qw, sz, Np, NU, upg, nt0, m0, lane, rank);
+                                                        Mp, qw, sz, Np, nt_hi, NU, upg, nt0, m0, lane, rank);
         }
     } else {
     setmaxnreg_inc<C::CONSUMER_REGS>();
@@ -318,7 +329,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
 #pragma unroll
         for (int f = 0; f < FW; ++f) {
             const int nt = nt0 + (wg * FW + f) * 4 + wq;
-            if (iters > 0 && nt < Np / 16)
+            if (iters > 0 && nt < nt_hi)
                 load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin) * (32 * C::WPU), lane);
         }
     }
@@ -335,7 +346,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
 #pragma unroll
                 for (int i = 0; i < C::WPU; ++i) w[f][i] = wn[f][i];
                 const int nt = nt0 + (wg * FW + f) * 4 + wq;
-                if (it + 1 < iters && nt < Np / 16)
+                if (it + 1 < iters && nt < nt_hi)
                     load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU), lane);
             } else {
                 lds_unit<BITS>(w[f], sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU), lane);
@@ -371,7 +382,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
             wg_wait<C::INFLIGHT>();
             // at most INFLIGHT groups, all of this unit, are pending now: unit it - 1 is complete,
             // release its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
-            if (ts == C::INFLIGHT - 1 && it >= 1) mbar_arrive_local(s_consumed + 8 * ((it - 1) % STAGES));
+            if (ts == C::INFLIGHT - 1) mbar_arrive_local_if(s_consumed + 8 * ((it + STAGES - 1) % STAGES), it >= 1);
         }
     }
     wg_wait<0>();
@@ -383,8 +394,9 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     for (int f = 0; f < FW; ++f) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const int n = (nt0 + (wg * FW + f) * 4 + wq) * 16 + g + 8 * (e >> 1);
-            if (n >= N) continue;
+            const int nt = nt0 + (wg * FW + f) * 4 + wq;
+            const int n = nt * 16 + g + 8 * (e >> 1);
+            if (n >= N || nt >= nt_hi) continue;
             const float bn = (split == 1 && bias != nullptr) ? bias[n] : 0.f;
 #pragma unroll
             for (int i = 0; i < BM / 8; ++i) {

@@ -7,6 +7,10 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # rebuilt without the decode, the wgmma, the x
                                                    # copies (-DWG_ABLATE); default: six tiles
     python tools/probe_wgmma.py K N M --one TILE   # run one tile a few times (for a profiler)
+    python tools/probe_wgmma.py K N M --waves      # time of the big tiles' blocks over the first
+                                                   # n outputs, one cluster more each step (where
+                                                   # a second wave starts), then every tile with a
+                                                   # tail against its own blocks alone
 """
 
 from __future__ import annotations
@@ -49,6 +53,35 @@ def ablate(cp, kc, kw, xw, M, gl, timer, labels) -> None:
         print(f"  {label}/1: " + ", ".join(row), flush=True)
 
 
+def waves(cp, kw, xw, M, gl, ref, timer) -> None:
+    """Blocks that run at once (the knee in time over the number of blocks), and the tails."""
+    lay = gl.layout
+    out = cp.empty((M, lay.N), dtype=cp.float16)
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    for label in ("128x256c4r", "128x256c2r", "128x128r"):
+        tile = kw.TILES[label]
+        per = tile.bn * tile.cn // 16
+        mbt = -(-M // tile.bm)
+        row = []
+        for clusters in range(max(1, (sms * 3 // 4) // (tile.cn * mbt)), (sms * 5 // 4) // (tile.cn * mbt) + 2):
+            hi = min(lay.Np // 16, clusters * per)
+            t = timer.per_call_ms(lambda i, tile=tile, hi=hi: kw._launch(xw, kw.padded_rows(M), M, gl, None, out, tile, 1,
+                                                                         None, 0, hi, None, None), 1, reps=5) * 1e3
+            row.append(f"{clusters * tile.cn * mbt}:{t:.1f}")
+        print(f"  {label} blocks:us  " + " ".join(row), flush=True)
+    for label, tile in kw.TILES.items():
+        if tile.tail is None:
+            continue
+        out.fill(np.nan)
+        kw.run(xw, M, gl, None, out, tile, 1)
+        err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+        t = timer.per_call_ms(lambda i, tile=tile: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
+        main = kw.TILES[label.split("+")[0]]
+        t0 = timer.per_call_ms(lambda i, tile=main: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
+        print(f"  {label}/1: {t:.1f} us (tail from n-tile {kw.tail_start(lay, M, tile)} of {lay.Np // 16}), "
+              f"{main.label}/1 alone {t0:.1f} us; rel err {err:.1e}", flush=True)
+
+
 def main() -> None:
     import cupy as cp
 
@@ -72,6 +105,13 @@ def main() -> None:
         for _ in range(5):
             kw.run(xw, M, gl, None, out, kw.TILES[sys.argv[sys.argv.index("--one") + 1]], 1)
         cp.cuda.runtime.deviceSynchronize()
+        return
+    if "--waves" in sys.argv:
+        timer = f_timer()
+        w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
+        print(f"{K} x {N}, M={M}, 4-bit: fp16 cuBLAS {timer.per_call_ms(lambda i: x @ w16.T, 1, reps=7) * 1e3:.1f} us",
+              flush=True)
+        waves(cp, kw, xw, M, gl, ref, timer)
         return
     if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
         labels = ("128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r")

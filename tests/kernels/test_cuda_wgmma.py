@@ -116,7 +116,7 @@ def _plans(bits, gstc):
     labels = [lb for lb, t in kw.TILES.items() if kw.fits(bits, gstc, t)]
     if bits not in (3, 4):
         labels = labels[:2]
-    return [(lb, s) for lb in labels for s in (1, 3)] + [(None, None)]
+    return [(lb, s) for lb in labels for s in (1, 3) if s == 1 or not kw.TILES[lb].tail] + [(None, None)]
 
 
 @pytest.mark.gpu
@@ -125,6 +125,27 @@ def _plans(bits, gstc):
 @pytest.mark.parametrize("M", MS)
 def test_gpu_wgmma_matches_float64_reference(hopper, bits, case, M):
     check_reference(hopper, bits, case, M, "wgmma", lambda b, gstc, _m: _plans(b, gstc))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("sms", (3, 16))
+def test_gpu_wgmma_tail_blocks_cover_the_outputs_left(hopper, monkeypatch, bits, sms):
+    """With the GPU's SM count replaced by a small one, tiles with a tail launch twice (the big
+    blocks over whole waves, the tail's over the outputs left) and still equal the reference."""
+    from gptq_export.kernels import cuda_mma
+
+    monkeypatch.setattr(cuda_mma, "sm_count", lambda: sms)
+    tailed = [lb for lb, t in kw.TILES.items() if t.tail and kw.fits(bits, 8, t)]
+    split = 0  # runs in which the tail's blocks did part of the outputs
+    for K, N, group, act in ((4160, 300, 128, False), (1024, 3000, 128, True)):
+        lay = kc.plan_layout(np.arange(K) // group, bits, K, N, -(-K // group))
+        for M in (200, 512):
+            starts = [kw.tail_start(lay, M, kw.TILES[lb]) for lb in tailed]
+            assert all(0 < v <= lay.Np // 16 for v in starts)
+            split += sum(v < lay.Np // 16 for v in starts)
+            check_reference(hopper, bits, (K, N, group, act), M, "wgmma", lambda b, g, m: [(lb, 1) for lb in tailed])
+    assert split >= 3
 
 
 @pytest.mark.gpu
@@ -232,10 +253,14 @@ def test_default_plan_covers_the_gpu(monkeypatch):
                                   (8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
                                   (8192, 28672, 256, "128x256c4r", 1), (8192, 8192, 256, "128x256c2r", 2),
                                   (8192, 8192, 512, "128x256c2r", 1), (4096, 11008, 256, "128x256c4r", 1),
+                                  (4096, 11008, 512, "128x256c2r+128x128r", 1), (8192, 28672, 512, "128x256c4r", 1),
                                   (11008, 4096, 256, "128x256c2r", 4), (4096, 4096, 512, "128x256c2r", 2)):
         lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, K // 128)
         tile, sp = kw.default_plan(kc.GpuLinear(lay, None, None, None), M)
         assert (tile.label, sp) == (label, split), (K, N, M)
+    lay = kc.plan_layout(np.arange(4096) // 128, 4, 4096, 11008, 32)  # two launches: whole waves, then the tail
+    assert kw.tail_start(lay, 512, kw.TILES["128x256c2r+128x128r"]) == 528 and lay.Np // 16 == 688
+    assert kw.resident_blocks(4) == 120 and kw.resident_blocks(2) == 132  # 30 clusters of 4 fit 132 SMs
     for bits, group in ((8, 128), (4, 16), (2, 16)):  # every default tile fits shared memory
         lay = kc.plan_layout(np.arange(8192) // group, bits, 8192, 8192, 8192 // group)
         for M in (1, 64, 65, 128, 129, 512):
