@@ -205,6 +205,11 @@ def prep(x2, layer: kc.GpuLinear, out=None):
     return out
 
 
+def clusters_along_n(n_tiles: int, tile: WgTile) -> int:
+    """Clusters of `tile` (cn blocks of bn outputs each) that cover n_tiles n-tiles of 16 outputs."""
+    return -(-n_tiles * 16 // (tile.bn * tile.cn))
+
+
 def resident_blocks(cn: int) -> int:
     """Blocks (one per SM) the GPU runs at once in clusters of `cn` CTAs: every SM for cn <= 2; in
     clusters of 4 (each within one GPC) an H100 / H200 runs 30 clusters, 120 of its 132 SMs
@@ -223,9 +228,9 @@ def tail_start(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
     if tile.tail is None:
         return nts
     per = tile.bn * tile.cn // 16  # n-tiles per cluster
-    clusters, mb = -(-nts // per), -(-M // tile.bm)
+    mb = -(-M // tile.bm)
     wave = resident_blocks(tile.cn)
-    mid = clusters * tile.cn * mb // wave * wave // (tile.cn * mb) * per
+    mid = clusters_along_n(nts, tile) * tile.cn * mb // wave * wave // (tile.cn * mb) * per
     return mid if 0 < mid < nts else nts
 
 
@@ -243,7 +248,7 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     sms = cuda_mma.sm_count()
 
     def blocks(t: WgTile) -> int:
-        return -(-lay.Np // (t.bn * t.cn)) * t.cn * -(-M // t.bm)
+        return clusters_along_n(lay.Np // 16, t) * t.cn * -(-M // t.bm)
 
     if M <= 64:
         tile = TILES["256x64r"]
@@ -314,7 +319,7 @@ def _launch(xw, Mp: int, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, s
     lay = layer.layout
     i32 = np.int32
     null = np.uint64(0)
-    grid = (-(-(nt_hi - nt_lo) * 16 // (tile.bn * tile.cn)) * tile.cn, -(-M // tile.bm), split)
+    grid = (clusters_along_n(nt_hi - nt_lo, tile) * tile.cn, -(-M // tile.bm), split)
     function(lay.bits, lay.gstc, tile)(
         grid, (tile.threads,),
         (xw, i32(Mp), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,

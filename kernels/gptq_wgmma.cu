@@ -216,11 +216,8 @@ __device__ __forceinline__ void mbar_arrive_remote(u32 bar, u32 cta) {
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(cta));
     asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 }
-__device__ __forceinline__ void mbar_arrive_local(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// The same where `cond` (a predicated instruction, no branch: a branch between the wgmma of a
-// k-step loop makes ptxas serialize them, C7513).
+// Arrive on the CTA-local mbarrier `bar` where `cond` (a predicated instruction, no branch: a branch
+// between the wgmma of a k-step loop makes ptxas serialize them, C7513).
 __device__ __forceinline__ void mbar_arrive_local_if(u32 bar, bool cond) {
     asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.u32 p, %1, 0;\n\t@p mbarrier.arrive.shared::cta.b64 _, [%0];\n\t}\n" ::"r"(bar),
                  "r"((u32)cond) : "memory");

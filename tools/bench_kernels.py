@@ -334,7 +334,7 @@ def mma_sweep(shapes, ms, timer, device, gen, l2, path: str = "mma") -> list[dic
                     if path == "wgmma" and not kw.fits(bits, 8, tile):
                         continue
                     for split in (1, 2, 4, 8):
-                        if split > max(1, layers[0].layout.nu // 2) or (split > 1 and getattr(tile, "tail", None)):
+                        if split > max(1, layers[0].layout.nu // 2) or (split > 1 and path == "wgmma" and tile.tail):
                             continue
                         e = float((call(0, label, split).float() - ref).norm() / ref.norm())
                         err = max(err, e)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def waves(cp, kw, xw, M, gl, ref, timer) -> None:
         kw.run(xw, M, gl, None, out, tile, 1)
         err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
         t = timer.per_call_ms(lambda i, tile=tile: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
-        main = kw.TILES[label.split("+")[0]]
+        main = replace(tile, tail=None)
         t0 = timer.per_call_ms(lambda i, tile=main: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
         print(f"  {label}/1: {t:.1f} us (tail from n-tile {kw.tail_start(lay, M, tile)} of {lay.Np // 16}), "
               f"{main.label}/1 alone {t0:.1f} us; rel err {err:.1e}", flush=True)
