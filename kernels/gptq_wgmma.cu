@@ -21,7 +21,10 @@
 //   arrive, not a branch: a branch between the wgmma of the k-step loop made ptxas serialize them
 //   (C7513; seen on every 128-token tile). WR = 1: the packed weights
 //   skip shared memory: each consumer warp loads its n-tile's words for the next unit into
-//   registers (plain loads, as the GEMV does), only SZ and X are staged.
+//   registers at the top of the unit, only SZ and X are staged. These are ordinary loads, not the
+//   GEMV's read-only (.nc) ones: ptxas sank .nc loads past the k-steps to the end of the unit (their
+//   registers are used only by the next unit), so each unit waited out most of a DRAM latency;
+//   an ordinary load stays ahead of the first k-step's release-ordered slot arrive.
 //   Stage: W (BN/16 blocks of 32*WPU words, verbatim; none with WR), SZ (NGU rows of BN sz words), X: 16 chunks
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
@@ -51,6 +54,12 @@
 // bulk copy per stage (no wgmma), 5 the same with the wgmma. Results are then wrong.
 #ifndef WG_ABLATE
 #define WG_ABLATE 0
+#endif
+// Profiling only (tools/probe_wgmma.py --variants): WG_NC_PREFETCH=1 loads the WR tiles' next
+// unit with read-only (.nc) loads, as before; ptxas then sinks them to the unit's last k-steps,
+// which leaves one k-step, not seven, to hide their DRAM latency (tools/sass_wgmma.py shows it).
+#ifndef WG_NC_PREFETCH
+#define WG_NC_PREFETCH 0
 #endif
 
 template <int N>
@@ -344,7 +353,8 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
                 for (int i = 0; i < C::WPU; ++i) w[f][i] = wn[f][i];
                 const int nt = nt0 + (wg * FW + f) * 4 + wq;
                 if (it + 1 < iters && nt < nt_hi)
-                    load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU), lane);
+                    load_unit<BITS, !WG_NC_PREFETCH>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU),
+                                                     lane);
             } else {
                 lds_unit<BITS>(w[f], sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU), lane);
             }
