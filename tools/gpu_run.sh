@@ -8,6 +8,8 @@
 #
 #   bash tools/gpu_run.sh                     # everything
 #   STAGES="test bench" BENCH_ARGS=--quick bash tools/gpu_run.sh
+#   STAGES="probe test" PROBE_SHAPES="8192x28672x512 4096x11008x512" PROBE_ARGS="--variants --tiles ..." \
+#     bash tools/gpu_run.sh                   # tools/probe_wgmma.py on each K x N x M first (probe.log)
 #
 # Needs python3 with torch (CUDA), cupy, transformers, onnxruntime, pytest. onnxruntime-extensions
 # (for the onnxruntime device="cuda" test) is installed from ./.whl/*.whl when that folder exists.
@@ -41,6 +43,15 @@ EOF
   "$PY" -m pip install -q --no-deps --no-build-isolation -e . && echo "installed gptq-export (editable)"
 } 2>&1 | tee "$OUT/env.log" || status=1
 if [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"; fi
+
+if [[ " $STAGES " == *" probe "* ]]; then
+  echo "== probe_wgmma" | tee "$OUT/probe.log"
+  for shape in ${PROBE_SHAPES:-8192x28672x512}; do
+    # shellcheck disable=SC2086
+    timeout "${PROBE_TIMEOUT:-200}" "$PY" tools/probe_wgmma.py ${shape//x/ } ${PROBE_ARGS:-} 2>&1 | tee -a "$OUT/probe.log" \
+      || status=1
+  done
+fi
 
 # NVRTC takes seconds per kernel: compile the common ones in parallel processes (CuPy's disk cache).
 # (python -c, not a heredoc on stdin: spawned workers re-import __main__ from its path.)
@@ -96,6 +107,7 @@ fi
 # The tables last (a log tail shows them).
 echo
 echo "================ summary (status $status)"
+[ -f "$OUT/probe.log" ] && grep -E "^[0-9]+ x [0-9]+|^  " "$OUT/probe.log" | cut -c1-400
 [ -f "$OUT/pytest.log" ] && grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/pytest.log" | cut -c1-220 | tail -n 30
 [ -f "$OUT/bench.log" ] && sed -n '/copy bandwidth (read/p' "$OUT/bench.log" && sed -n '/^.*: copy .* GB\/s, read/,$p' "$OUT/bench.log"
 [ -f "$OUT/bench.log" ] && sed -n '/^sweep (us/,/^$/p' "$OUT/bench.log"

@@ -11,6 +11,11 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # n outputs, one cluster more each step (where
                                                    # a second wave starts), then every tile with a
                                                    # tail against its own blocks alone
+    python tools/probe_wgmma.py K N M --variants --tiles T1,T2 --defines base,WG_NC_PREFETCH=1,...
+                                                   # each tile built with each set of macros ('+'
+                                                   # joins several; base = none): error, time; e.g.
+                                                   # WG_NC_PREFETCH=1 (the old read-only prefetch),
+                                                   # WG_INFLIGHT_1WG=3, WG_ABLATE=3 (timing only)
 """
 
 from __future__ import annotations
@@ -52,6 +57,62 @@ def ablate(cp, kc, kw, xw, M, gl, timer, labels) -> None:
             row.append(f"{['full', 'no decode', 'no wgmma', 'no wgmma+x', 'no wgmma, 1 x copy', '1 x copy'][mode]} "
                        f"{t:.1f} us")
         print(f"  {label}/1: " + ", ".join(row), flush=True)
+
+
+def _options(kc, defines: str) -> tuple[str, ...]:
+    extra = () if defines == "base" else tuple(f"-D{d}" for d in defines.split("+"))
+    return kc._OPTIONS + kc._WG_OPTIONS + extra
+
+
+def _compile_variant(job: tuple[str, str]) -> None:
+    """Fill CuPy's disk cache with one kernel built with one set of macros (a worker process)."""
+    import cupy as cp
+
+    from gptq_export.kernels import cuda as kc
+
+    name, defines = job
+    cp.RawModule(code=kc.source(True), name_expressions=(name,), options=_options(kc, defines)).get_function(name)
+
+
+def variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets) -> None:
+    """Every tile built with every set of macros: relative error against dequantize + cuBLAS
+    (meaningless under WG_ABLATE) and kernel time, side by side in one process."""
+    import concurrent.futures
+    import multiprocessing
+
+    lay = gl.layout
+    tiles = [kw.TILES[lb] for lb in labels if kw.fits(lay.bits, lay.gstc, kw.TILES[lb])]
+    jobs = sorted({(kw.kernel_name(lay.bits, lay.gstc, p), d) for t in tiles for p in t.parts() for d in define_sets})
+    t0 = time.time()
+    with concurrent.futures.ProcessPoolExecutor(min(len(jobs), 12), mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_compile_variant, jobs))
+    print(f"  built {len(jobs)} kernels in {time.time() - t0:.1f}s", flush=True)
+    out = cp.empty((M, lay.N), dtype=cp.float16)
+    real = kw.function
+    fns: dict[tuple[str, str], object] = {}
+
+    def build(tile, defines):
+        key = (kw.kernel_name(lay.bits, lay.gstc, tile), defines)
+        if key not in fns:
+            fn = cp.RawModule(code=kc.source(True), name_expressions=(key[0],),
+                              options=_options(kc, defines)).get_function(key[0])
+            fn.max_dynamic_shared_size_bytes = kw.smem_bytes(lay.bits, lay.gstc, tile)
+            fns[key] = fn
+        return fns[key]
+
+    for tile in tiles:
+        row = []
+        for defines in define_sets:
+            kw.function = lambda bits, gstc, t, d=defines: build(t, d)
+            try:
+                out.fill(np.nan)
+                kw.run(xw, M, gl, None, out, tile, 1)
+                err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
+                t = timer.per_call_ms(lambda i, tile=tile: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
+            finally:
+                kw.function = real
+            row.append(f"{defines} {t:.1f} us (err {err:.0e})")
+        print(f"  {tile.label}/1: " + ", ".join(row), flush=True)
 
 
 def waves(cp, kw, xw, M, gl, ref, timer) -> None:
@@ -113,6 +174,15 @@ def main() -> None:
         print(f"{K} x {N}, M={M}, 4-bit: fp16 cuBLAS {timer.per_call_ms(lambda i: x @ w16.T, 1, reps=7) * 1e3:.1f} us",
               flush=True)
         waves(cp, kw, xw, M, gl, ref, timer)
+        return
+    if "--variants" in sys.argv:
+        timer = f_timer()
+        w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
+        print(f"{K} x {N}, M={M}, 4-bit g128: fp16 cuBLAS {timer.per_call_ms(lambda i: x @ w16.T, 1, reps=7) * 1e3:.1f} us",
+              flush=True)
+        labels = sys.argv[sys.argv.index("--tiles") + 1].split(",")
+        define_sets = sys.argv[sys.argv.index("--defines") + 1].split(",") if "--defines" in sys.argv else ["base"]
+        variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets)
         return
     if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
         labels = ("128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r")
