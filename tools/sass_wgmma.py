@@ -8,8 +8,10 @@ warnings (C75xx), and the order of the main loop's instructions.
 Needs nvcc (CUDA 12.4+, sm_90a) and cuobjdump on PATH (`pip install nvidia-cuda-cuobjdump`
 puts one under site-packages/nvidia/cu13/bin; run `chmod +x` on it). Per kernel it prints the
 sequence of HGMMA (H), 16-byte global loads (L: the weight prefetch of WR tiles), 8-byte global
-loads (l) and mbarrier arrives (a) from the first HGMMA's unit on: a prefetch that ptxas sank to
-the end of the unit shows as "HHHHHHHLL" instead of "HLL...HHHHHH" (docs/gpu-results-h200.md).
+loads (l) and mbarrier arrives (a), in code order: the first loads are the prologue's, then one
+unit of the main loop (unrolled k-steps), whose weight prefetch for the next unit should come
+before or right after its first HGMMA ("LLHLLaHHHHHHH"), not at its end ("LLHaHHHHHHLLH", what
+ptxas made of read-only loads: docs/gpu-results-h200.md).
 """
 
 from __future__ import annotations
@@ -77,15 +79,14 @@ def main() -> None:
             info[m.group(1)].append(re.search(r"\((C75\d+)\)", line).group(1))
     props = re.findall(r"Function properties for (_Z8qgemm_wgI\w+)\n\s*(\d+) bytes stack frame, (\d+) bytes spill stores.*\n"
                        r".*Used (\d+) registers", r.stderr)
-    print(f"{'kernel':<34} {'regs':>4} {'spill':>5}  warnings  loop (H hgmma, L ldg.128, l ldg.64, a arrive)")
+    print(f"{'kernel':<34} {'regs':>4} {'spill':>5}  warnings  code order (H hgmma, L ldg.128, l ldg.64, a arrive)")
     for mangled, _, spill, regs in props:
         targs = ",".join(re.findall(r"Li(\d+)E", mangled))
         body = sass.split(f"Function : {mangled}")[1].split("Function : ")[0]
         seq = "".join("H" if "HGMMA" in ln else "L" if re.search(r"LDG\.E[.\w]*\.128", ln)
                       else "l" if re.search(r"LDG\.E[.\w]*\.64", ln) else "a" if "SYNCS.ARRIVE" in ln else ""
                       for ln in body.splitlines())
-        loop = seq[max(0, seq.find("H") - 4):]
-        print(f"qgemm_wg<{targs}>".ljust(34), f"{regs:>4} {spill:>5}  {','.join(info.get(mangled, [])) or '-':<8}  {loop[:90]}")
+        print(f"qgemm_wg<{targs}>".ljust(34), f"{regs:>4} {spill:>5}  {','.join(info.get(mangled, [])) or '-':<8}  {seq[:90]}")
 
 
 if __name__ == "__main__":
