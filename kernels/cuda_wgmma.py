@@ -51,8 +51,7 @@ class WgTile:
 
     @property
     def label(self) -> str:
-        own = (f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
-               + ("w1" if self.nwg == 1 else ""))
+        own = f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
         return own + (f"+{self.tail.label}" if self.tail else "")
 
     def parts(self) -> tuple[WgTile, ...]:
@@ -62,14 +61,11 @@ class WgTile:
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
 #: cN = clusters of N blocks along the outputs sharing x, r = weights loaded into registers one
-#: unit ahead, w1 = one consumer warpgroup instead of two).
+#: unit ahead).
 _BASE = (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64, 1, True),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
-    # one consumer warpgroup (w1): ptxas lets it keep more wgmma groups in flight (gptq_wgmma.cu INFLIGHT)
-    WgTile(2, 128, 1, True, 1), WgTile(2, 128, 2, True, 1), WgTile(2, 128, 4, True, 1),
-    WgTile(2, 128, 1, False, 1), WgTile(2, 128, 2, False, 1), WgTile(4, 64, 1, True, 1), WgTile(4, 64, 2, True, 1),
 )
 #: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
 _TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)

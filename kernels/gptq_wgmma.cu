@@ -8,8 +8,8 @@
 //   the packed words (wgmma's register-A fragment of a warp is mma.m16n8k16's A fragment, so each
 //   warp decodes its 16-output n-tile exactly as qgemm_mma does); x^T (BM tokens x k16) is the B
 //   operand, read by the tensor cores from shared memory (K-major, no swizzle).
-//   Block: NWG consumer warpgroups + a producer warpgroup (one warp issues the copies; with
-//   NWG >= 2 setmaxnreg moves its registers to the consumers); consumer warpgroup wg owns FW m64 tiles
+//   Block: NWG consumer warpgroups + a producer warpgroup (one warp issues the copies; setmaxnreg
+//   moves its registers to the consumers); consumer warpgroup wg owns FW m64 tiles
 //   (64 outputs each) x BM tokens, with FW wgmma.m64n{BM}k16 per k-step. Block tile BN = 64*FW*NWG
 //   outputs x BM tokens. K' is walked one unit (128 positions = 8 k-steps) per pipeline stage.
 //   The producer warp fills the STAGES slots with 1-D bulk copies (the TMA engine) completing on
@@ -60,10 +60,6 @@
 // which leaves one k-step, not seven, to hide their DRAM latency (tools/sass_wgmma.py shows it).
 #ifndef WG_NC_PREFETCH
 #define WG_NC_PREFETCH 0
-#endif
-// Units the WR tiles' weights are loaded ahead of their use (tools/probe_wgmma.py --variants).
-#ifndef WG_WR_AHEAD
-#define WG_WR_AHEAD 1
 #endif
 
 template <int N>
@@ -166,21 +162,12 @@ struct WgCfg {
     // consumer warpgroups + a producer warpgroup (one warp of it issues the copies)
     static constexpr int NTHREADS = 128 * NWG + 128;
     // registers per thread after setmaxnreg: the producer warpgroup gives its share to the consumers
-    // (NWG >= 2; one consumer warpgroup has 255 at entry)
     static constexpr int PRODUCER_REGS = 40;
     static constexpr int CONSUMER_REGS_RAW = (65536 - 128 * PRODUCER_REGS) / (128 * NWG) / 8 * 8;
     static constexpr int CONSUMER_REGS = CONSUMER_REGS_RAW > 256 ? 256 : CONSUMER_REGS_RAW;
-    // wgmma groups left in flight while the next k-step is decoded (each holds its A registers).
-    // ptxas decides whether the wgmma of a k-step loop may overlap from the register count at
-    // kernel entry, not from what setmaxnreg grants: with two consumer warpgroups (12 warps, three
-    // on some SM sub-partition) that is 168, which leaves room for 1 group beside 128 accumulators
-    // (a second one is serialized, C7512); with one (8 warps), 255, room for WG_INFLIGHT_1WG groups
-    // of FW = 2 (FW = 4: the A fragments and the words of two units in flight take the room of a
-    // second group, which would spill).
-#ifndef WG_INFLIGHT_1WG
-#define WG_INFLIGHT_1WG 2
-#endif
-    static constexpr int INFLIGHT = NWG == 1 ? (FW >= 4 ? 1 : WG_INFLIGHT_1WG) : FW * BM >= 256 ? 1 : 2;
+    // wgmma groups left in flight while the next k-step is decoded (each holds its A registers);
+    // 1 where the accumulators leave no registers for more (the 168-register cap of 288 threads)
+    static constexpr int INFLIGHT = FW * BM >= 256 ? 1 : 2;
     static constexpr int BN = 64 * FW * NWG;
     static constexpr int W_BYTES = WR ? 0 : (BN / 16) * 32 * WPU * 4;  // WR: weights straight to registers
     static constexpr int SZ_BYTES = NGU * BN * 4;
@@ -327,7 +314,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     else __syncthreads();
 
     if (wg == NWG) {  // producer warpgroup: its first warp refills slot v % STAGES once unit v - STAGES is consumed
-        if constexpr (NWG > 1) setmaxnreg_dec<C::PRODUCER_REGS>();
+        setmaxnreg_dec<C::PRODUCER_REGS>();
         for (int v = 0; v < (wq == 0 ? iters : 0); ++v) {
             const int s = v % STAGES;
             if (v >= STAGES) {
@@ -342,19 +329,15 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
                                                         Mp, qw, sz, Np, nt_hi, NU, upg, nt0, m0, lane, rank);
         }
     } else {
-    if constexpr (NWG > 1) setmaxnreg_inc<C::CONSUMER_REGS>();
-    // WR: the packed words of the next AHEAD units (wn[a]: unit it + 1 + a), shifted down each unit
-    constexpr int AHEAD = WG_WR_AHEAD;
-    u32 wn[AHEAD][FW][C::WPU];
+    setmaxnreg_inc<C::CONSUMER_REGS>();
+    u32 wn[FW][C::WPU];  // WR: the next unit's packed words
     if constexpr (WR) {
 #pragma unroll
-        for (int a = 0; a < AHEAD; ++a)
-#pragma unroll
-            for (int f = 0; f < FW; ++f) {
-                const int nt = nt0 + (wg * FW + f) * 4 + wq;
-                if (a < iters && nt < nt_hi)
-                    load_unit<BITS>(wn[a][f], qw + ((size_t)nt * NU + u_begin + a) * (32 * C::WPU), lane);
-            }
+        for (int f = 0; f < FW; ++f) {
+            const int nt = nt0 + (wg * FW + f) * 4 + wq;
+            if (iters > 0 && nt < nt_hi)
+                load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin) * (32 * C::WPU), lane);
+        }
     }
     for (int it = 0; it < iters; ++it) {
         mbar_wait(s_full + 8 * (it % STAGES), (it / STAGES) & 1);
@@ -365,17 +348,13 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
         u32 w[FW][C::WPU];
 #pragma unroll
         for (int f = 0; f < FW; ++f) {
-            if constexpr (WR) {  // this unit's words (loaded AHEAD units ahead), then unit it + AHEAD's
+            if constexpr (WR) {  // this unit's words (loaded one unit ahead), then the next unit's
 #pragma unroll
-                for (int i = 0; i < C::WPU; ++i) {
-                    w[f][i] = wn[0][f][i];
-#pragma unroll
-                    for (int a = 0; a + 1 < AHEAD; ++a) wn[a][f][i] = wn[a + 1][f][i];
-                }
+                for (int i = 0; i < C::WPU; ++i) w[f][i] = wn[f][i];
                 const int nt = nt0 + (wg * FW + f) * 4 + wq;
-                if (it + AHEAD < iters && nt < nt_hi)
-                    load_unit<BITS, !WG_NC_PREFETCH>(wn[AHEAD - 1][f],
-                                                     qw + ((size_t)nt * NU + u_begin + it + AHEAD) * (32 * C::WPU), lane);
+                if (it + 1 < iters && nt < nt_hi)
+                    load_unit<BITS, !WG_NC_PREFETCH>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU),
+                                                     lane);
             } else {
                 lds_unit<BITS>(w[f], sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU), lane);
             }

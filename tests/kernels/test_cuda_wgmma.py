@@ -33,10 +33,6 @@ def test_wgmma_source_and_names():
     assert kw.TILES["128x128c2"].cn == 2 and kw.TILES["128x128c2"].bn == 128
     assert kw.TILES["256x128"].bn == 256 and kw.TILES["128x256"].bm == 256
     assert kw.TILES["128x256c4r"].wr and kw.kernel_name(4, 8, kw.TILES["128x128r"]).startswith("qgemm_wg<4,8,1,128,2,1,1,")
-    w1 = kw.TILES["128x128c2rw1"]  # one consumer warpgroup with two m64 tiles
-    assert (w1.fw, w1.nwg, w1.bn, w1.threads) == (2, 1, 128, 256)
-    assert kw.kernel_name(4, 8, w1).startswith("qgemm_wg<4,8,2,128,1,2,1,")
-    assert len({t.label for t in kw.TILES.values()}) == len(kw._BASE) + len(kw._TAILED)  # no label twice
 
 
 @pytest.mark.parametrize("bits", BITS)
