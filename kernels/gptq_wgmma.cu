@@ -166,7 +166,9 @@ struct WgCfg {
     static constexpr int CONSUMER_REGS_RAW = (65536 - 128 * PRODUCER_REGS) / (128 * NWG) / 8 * 8;
     static constexpr int CONSUMER_REGS = CONSUMER_REGS_RAW > 256 ? 256 : CONSUMER_REGS_RAW;
     // wgmma groups left in flight while the next k-step is decoded (each holds its A registers);
-    // 1 where the accumulators leave no registers for more (the 168-register cap of 288 threads)
+    // 1 where the accumulators leave no registers for more: ptxas decides from the register count
+    // at kernel entry (168 for 384 threads), not from what setmaxnreg grants, and serializes a
+    // second group there (C7512; tools/sass_wgmma.py, docs/gpu-results.md, seventh session)
     static constexpr int INFLIGHT = FW * BM >= 256 ? 1 : 2;
     static constexpr int BN = 64 * FW * NWG;
     static constexpr int W_BYTES = WR ? 0 : (BN / 16) * 32 * WPU * 4;  // WR: weights straight to registers

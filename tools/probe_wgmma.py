@@ -15,7 +15,7 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # each tile built with each set of macros ('+'
                                                    # joins several; base = none): error, time; e.g.
                                                    # WG_NC_PREFETCH=1 (the old read-only prefetch),
-                                                   # WG_INFLIGHT_1WG=3, WG_ABLATE=3 (timing only)
+                                                   # WG_ABLATE=3 (timing only)
 """
 
 from __future__ import annotations
