@@ -5,7 +5,8 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
     python tools/probe_wgmma.py [K N M]            # default 4096 4096 512
     python tools/probe_wgmma.py K N M --ablate [--tiles T1,T2]  # where the time goes: the kernel
                                                    # rebuilt without the decode, the wgmma, the x
-                                                   # copies (-DWG_ABLATE); default: six tiles
+                                                   # copies (--variants with WG_ABLATE=1..3; their
+                                                   # errors are meaningless); default: six tiles
     python tools/probe_wgmma.py K N M --one TILE   # run one tile a few times (for a profiler)
     python tools/probe_wgmma.py K N M --waves      # time of the big tiles' blocks over the first
                                                    # n outputs, one cluster more each step (where
@@ -34,29 +35,6 @@ def f_timer():
     from bench_kernels import Timer
 
     return Timer(torch.device("cuda"))
-
-
-def ablate(cp, kc, kw, xw, M, gl, timer, labels) -> None:
-    lay = gl.layout
-    out = cp.empty((M, lay.N), dtype=cp.float16)
-    real = kw.function
-    for label in labels:
-        tile = kw.TILES[label]
-        row = []
-        for mode in (0, 1, 2, 3):
-            name = kw.kernel_name(lay.bits, lay.gstc, tile)
-            mod = cp.RawModule(code=kc.source(True), name_expressions=(name,),
-                               options=kc._OPTIONS + kc._WG_OPTIONS + (f"-DWG_ABLATE={mode}",))
-            fn = mod.get_function(name)
-            fn.max_dynamic_shared_size_bytes = kw.smem_bytes(lay.bits, lay.gstc, tile)
-            kw.function = lambda *a, fn=fn: fn
-            try:
-                t = timer.per_call_ms(lambda i, tile=tile: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=5) * 1e3
-            finally:
-                kw.function = real
-            row.append(f"{['full', 'no decode', 'no wgmma', 'no wgmma+x', 'no wgmma, 1 x copy', '1 x copy'][mode]} "
-                       f"{t:.1f} us")
-        print(f"  {label}/1: " + ", ".join(row), flush=True)
 
 
 def _options(kc, defines: str) -> tuple[str, ...]:
@@ -185,10 +163,10 @@ def main() -> None:
         variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets)
         return
     if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
-        labels = ("128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r")
+        labels = ["128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r"]
         if "--tiles" in sys.argv:
-            labels = tuple(sys.argv[sys.argv.index("--tiles") + 1].split(","))
-        ablate(cp, kc, kw, xw, M, gl, f_timer(), labels)
+            labels = sys.argv[sys.argv.index("--tiles") + 1].split(",")
+        variants(cp, kc, kw, xw, M, gl, ref, f_timer(), labels, ["base", "WG_ABLATE=1", "WG_ABLATE=2", "WG_ABLATE=3"])
         return
     t0 = time.time()
     kw.function(4, 8, kw.TILES["128x128"])
