@@ -47,7 +47,7 @@ class WgTile:
 
     @property
     def threads(self) -> int:
-        return 128 * self.nwg  # warpgroups (warp 0 also issues the copies)
+        return 128 * self.nwg + 128  # consumer warpgroups + a producer warpgroup
 
     @property
     def label(self) -> str:
@@ -66,7 +66,6 @@ _BASE = (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64, 1, True),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
-    WgTile(2, 128, 1, True), WgTile(2, 128, 2, True),
 )
 #: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
 _TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)

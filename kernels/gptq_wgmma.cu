@@ -8,21 +8,16 @@
 //   the packed words (wgmma's register-A fragment of a warp is mma.m16n8k16's A fragment, so each
 //   warp decodes its 16-output n-tile exactly as qgemm_mma does); x^T (BM tokens x k16) is the B
 //   operand, read by the tensor cores from shared memory (K-major, no swizzle).
-//   Block: NWG warpgroups, 128*NWG threads, no producer warps: warp 0 also issues the copies
-//   (below). Two warps per SM sub-partition leave 255 registers per thread, and ptxas plans the
-//   k-step loop with the count at kernel entry: with a ninth warp (a producer warp or warpgroup),
-//   three warps share a sub-partition's 16K registers, 168 each, and ptxas serialized a second
-//   wgmma group in flight on 128 x 256 blocks (C7512), setmaxnreg notwithstanding
-//   (WG_PRODUCER_WG=1 rebuilds the earlier producer warpgroup for profiling; docs/gpu-results.md,
-//   eighth session). Consumer warpgroup wg owns FW m64 tiles
+//   Block: NWG consumer warpgroups + a producer warpgroup (one warp issues the copies; setmaxnreg
+//   moves its registers to the consumers); consumer warpgroup wg owns FW m64 tiles
 //   (64 outputs each) x BM tokens, with FW wgmma.m64n{BM}k16 per k-step. Block tile BN = 64*FW*NWG
 //   outputs x BM tokens. K' is walked one unit (128 positions = 8 k-steps) per pipeline stage.
-//   Warp 0 fills the STAGES slots with 1-D bulk copies (the TMA engine) completing on one "full"
-//   mbarrier per slot, and refills a slot once every thread has arrived on its "consumed"
-//   mbarrier (CTA-local; with clusters it then also waits for every CTA's warp 0 on the slot's
-//   "empty" mbarrier). Every thread releases unit it - 1 once INFLIGHT k-steps of unit it are
-//   issued (at most INFLIGHT wgmma groups, all of unit it, are then pending); at k-step REFILL_TS
-//   of unit it warp 0 waits for that release and fills the slot with unit it + STAGES - 1. The release is a predicated
+//   The producer warp fills the STAGES slots with 1-D bulk copies (the TMA engine) completing on
+//   one "full" mbarrier per slot, and refills a slot once every consumer thread has arrived on its
+//   "consumed" mbarrier (CTA-local; with clusters the producer then also waits for every CTA's
+//   producer on the slot's "empty" mbarrier). Consumers release unit it - 1 once INFLIGHT k-steps
+//   of unit it are issued (at most INFLIGHT wgmma groups, all of unit it, are then pending), so
+//   the producer fills unit it + STAGES - 1 while unit it computes. The release is a predicated
 //   arrive, not a branch: a branch between the wgmma of the k-step loop made ptxas serialize them
 //   (C7513; seen on every 128-token tile). WR = 1: the packed weights
 //   skip shared memory: each consumer warp loads its n-tile's words for the next unit into
@@ -51,7 +46,7 @@
 // xw: as above, 16-byte aligned. qw, sz: the tc layout; upg: units per group (GSTC == 8).
 // bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
 // lbo / sbo: descriptor byte offsets (BM*16 and 128). nt_lo, nt_hi: the n-tiles computed, 0 <= nt_lo < nt_hi <= Np/16.
-// Grid: (ceil((nt_hi - nt_lo) * 16 / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG threads;
+// Grid: (ceil((nt_hi - nt_lo) * 16 / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 128 threads;
 // dynamic shared memory: STAGES * WgCfg::STAGE_BYTES (128-byte aligned stages).
 
 // Profiling only (tools/probe_wgmma.py --ablate compiles with -DWG_ABLATE=1..5): 1 skips the
@@ -65,19 +60,6 @@
 // which leaves one k-step, not seven, to hide their DRAM latency (tools/sass_wgmma.py shows it).
 #ifndef WG_NC_PREFETCH
 #define WG_NC_PREFETCH 0
-#endif
-// Profiling only: WG_PRODUCER_WG=1 builds the earlier block, a producer warpgroup that gives its
-// registers to the consumers with setmaxnreg (launched with 128*NWG + 128 threads), and one wgmma
-// group in flight on blocks of at least 256 accumulators per thread. WG_INFLIGHT=n overrides the
-// wgmma groups left in flight, WG_REFILL_TS=t the k-step at which warp 0 refills a slot.
-#ifndef WG_PRODUCER_WG
-#define WG_PRODUCER_WG 0
-#endif
-#ifndef WG_INFLIGHT
-#define WG_INFLIGHT 0
-#endif
-#ifndef WG_REFILL_TS
-#define WG_REFILL_TS 4
 #endif
 
 template <int N>
@@ -177,15 +159,17 @@ struct WgCfg {
     static constexpr int WPU = Fmt<BITS>::WPU;
     static constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
     static constexpr int S = GSTC < 8 ? 16 * GSTC : 128;
-    // WG_PRODUCER_WG: consumer warpgroups + a producer warpgroup, whose registers setmaxnreg gives to the consumers
+    // consumer warpgroups + a producer warpgroup (one warp of it issues the copies)
+    static constexpr int NTHREADS = 128 * NWG + 128;
+    // registers per thread after setmaxnreg: the producer warpgroup gives its share to the consumers
     static constexpr int PRODUCER_REGS = 40;
     static constexpr int CONSUMER_REGS_RAW = (65536 - 128 * PRODUCER_REGS) / (128 * NWG) / 8 * 8;
     static constexpr int CONSUMER_REGS = CONSUMER_REGS_RAW > 256 ? 256 : CONSUMER_REGS_RAW;
-    // wgmma groups left in flight while the next k-step is decoded (each holds its A registers):
-    // 2 fit 255 registers without spills or serialization on every tile (tools/sass_wgmma.py
-    // --all); WG_PRODUCER_WG (168 registers at entry, whatever setmaxnreg grants later) only 1 on
-    // blocks of 256 accumulators per thread (C7512: docs/gpu-results.md, seventh session)
-    static constexpr int INFLIGHT = WG_INFLIGHT ? WG_INFLIGHT : !WG_PRODUCER_WG ? 2 : FW * BM >= 256 ? 1 : 2;
+    // wgmma groups left in flight while the next k-step is decoded (each holds its A registers);
+    // 1 where the accumulators leave no registers for more: ptxas decides from the register count
+    // at kernel entry (168 for 384 threads), not from what setmaxnreg grants, and serializes a
+    // second group there (C7512; tools/sass_wgmma.py, docs/gpu-results.md, seventh session)
+    static constexpr int INFLIGHT = FW * BM >= 256 ? 1 : 2;
     static constexpr int BN = 64 * FW * NWG;
     static constexpr int W_BYTES = WR ? 0 : (BN / 16) * 32 * WPU * 4;  // WR: weights straight to registers
     static constexpr int SZ_BYTES = NGU * BN * 4;
@@ -290,30 +274,8 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
     }
 }
 
-// Refill slot v % STAGES with unit u_begin + v (the issuing warp, all lanes): for v >= STAGES, once
-// every thread of this CTA released the slot's previous unit and, with clusters, every CTA's
-// issuing warp did (their arrives on this CTA's "empty" mbarrier), before multicasting into it.
 template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES>
-__device__ __forceinline__ void wg_refill(int v, u32 s_smem, u32 s_full, u32 s_consumed, u32 s_empty, int u_begin,
-                                          const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw,
-                                          const u32* __restrict__ sz, int Np, int nt_hi, int NU, int upg, int nt0,
-                                          int m0, int lane, u32 rank) {
-    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
-    const int s = v % STAGES;
-    if (v >= STAGES) {
-        const u32 par = ((v / STAGES) - 1) & 1;
-        mbar_wait(s_consumed + 8 * s, par);
-        if constexpr (CN > 1) {
-            if (lane < CN) mbar_arrive_remote(s_empty + 8 * s, lane);
-            mbar_wait(s_empty + 8 * s, par);
-        }
-    }
-    wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u_begin + v, xw, Mp,
-                                                    qw, sz, Np, nt_hi, NU, upg, nt0, m0, lane, rank);
-}
-
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES>
-__global__ void __launch_bounds__(128 * NWG + (WG_PRODUCER_WG ? 128 : 0), 1) __cluster_dims__(CN, 1, 1)
+__global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
          int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo) {
@@ -353,16 +315,23 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     if constexpr (CN > 1) cluster_sync_all();  // barriers initialised before any CTA signals them
     else __syncthreads();
 
-#define WG_REFILL(v)                                                                                              \
-    wg_refill<BITS, GSTC, FW, BM, NWG, CN, WR, STAGES>(v, s_smem, s_full, s_consumed, s_empty, u_begin, xw, Mp, qw, sz, \
-                                                       Np, nt_hi, NU, upg, nt0, m0, lane, rank)
-    if (WG_PRODUCER_WG && wg == NWG) {  // profiling: the producer warpgroup's first warp refills every slot
+    if (wg == NWG) {  // producer warpgroup: its first warp refills slot v % STAGES once unit v - STAGES is consumed
         setmaxnreg_dec<C::PRODUCER_REGS>();
-        for (int v = 0; v < (wq == 0 ? iters : 0); ++v) WG_REFILL(v);
+        for (int v = 0; v < (wq == 0 ? iters : 0); ++v) {
+            const int s = v % STAGES;
+            if (v >= STAGES) {
+                const u32 par = ((v / STAGES) - 1) & 1;
+                mbar_wait(s_consumed + 8 * s, par);  // this CTA's consumers are done with the slot
+                if constexpr (CN > 1) {  // ... and every CTA's, before multicasting into it
+                    if (lane < CN) mbar_arrive_remote(s_empty + 8 * s, lane);
+                    mbar_wait(s_empty + 8 * s, par);
+                }
+            }
+            wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u_begin + v, xw,
+                                                        Mp, qw, sz, Np, nt_hi, NU, upg, nt0, m0, lane, rank);
+        }
     } else {
-    if constexpr (WG_PRODUCER_WG) setmaxnreg_inc<C::CONSUMER_REGS>();
-    else if (warp == 0)  // the first STAGES units
-        for (int v = 0; v < min(iters, STAGES); ++v) WG_REFILL(v);
+    setmaxnreg_inc<C::CONSUMER_REGS>();
     u32 wn[FW][C::WPU];  // WR: the next unit's packed words
     if constexpr (WR) {
 #pragma unroll
@@ -423,10 +392,6 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
             // at most INFLIGHT groups, all of this unit, are pending now: unit it - 1 is complete,
             // release its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
             if (ts == C::INFLIGHT - 1) mbar_arrive_local_if(s_consumed + 8 * ((it + STAGES - 1) % STAGES), it >= 1);
-            // warp 0 refills that slot with unit it + STAGES - 1 (a branch here, WG_REFILL_TS > INFLIGHT - 1,
-            // no C7513: tools/sass_wgmma.py)
-            if (!WG_PRODUCER_WG && ts == WG_REFILL_TS && warp == 0 && it >= 1 && it + STAGES - 1 < iters)
-                WG_REFILL(it + STAGES - 1);
         }
     }
     wg_wait<0>();
@@ -455,5 +420,4 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
     }
     }  // consumers
     if constexpr (CN > 1) cluster_sync_all();  // no CTA exits while others may still signal it
-#undef WG_REFILL
 }

@@ -16,14 +16,11 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # each tile built with each set of macros ('+'
                                                    # joins several; base = none): error, time; e.g.
                                                    # WG_NC_PREFETCH=1 (the old read-only prefetch),
-                                                   # WG_ABLATE=3 (timing only), WG_PRODUCER_WG=1 (the
-                                                   # earlier producer warpgroup, launched with its
-                                                   # 128 more threads)
+                                                   # WG_ABLATE=3 (timing only)
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from dataclasses import replace
@@ -55,11 +52,6 @@ def _compile_variant(job: tuple[str, str]) -> None:
     cp.RawModule(code=kc.source(True), name_expressions=(name,), options=_options(kc, defines)).get_function(name)
 
 
-def _launch_threads(fn, threads, grid, block, args, **kwargs):
-    """Launch `fn` with `threads` threads per block, whatever the launcher asked for."""
-    return fn(grid, (threads,), args, **kwargs)
-
-
 def variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets) -> None:
     """Every tile built with every set of macros: relative error against dequantize + cuBLAS
     (meaningless under WG_ABLATE) and kernel time, side by side in one process."""
@@ -83,8 +75,6 @@ def variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets) -> None:
             fn = cp.RawModule(code=kc.source(True), name_expressions=(key[0],),
                               options=_options(kc, defines)).get_function(key[0])
             fn.max_dynamic_shared_size_bytes = kw.smem_bytes(lay.bits, lay.gstc, tile)
-            if "WG_PRODUCER_WG=1" in defines.split("+"):  # that block has a producer warpgroup, not warp
-                fn = functools.partial(_launch_threads, fn, tile.threads + 128)
             fns[key] = fn
         return fns[key]
 

@@ -28,7 +28,7 @@ MS = (1, 17, 64, 100, 130, 512)
 def test_wgmma_source_and_names():
     assert "qgemm_wg" not in kc.source() and "qgemm_wg" in kc.source(wgmma=True)
     t = kw.TILES["128x128"]
-    assert (t.bn, t.bm, t.threads) == (128, 128, 256)  # two warpgroups, no producer warps
+    assert (t.bn, t.bm, t.threads) == (128, 128, 384)  # two consumer warpgroups + the producer's
     assert kw.kernel_name(4, 8, t) == f"qgemm_wg<4,8,1,128,2,1,0,{kw.stages_for(4, 8, t)}>"
     assert kw.TILES["128x128c2"].cn == 2 and kw.TILES["128x128c2"].bn == 128
     assert kw.TILES["256x128"].bn == 256 and kw.TILES["128x256"].bm == 256
