@@ -11,8 +11,8 @@ which adds ``-arch=sm_90a`` for these names) and run on the current CuPy stream.
 Tiles (``WgTile``): a block of NWG warpgroups, each with FW m64 tiles of outputs and BM tokens
 (one wgmma.m64n{BM}k16 per m64 tile and k-step); block tile BN = 64*FW*NWG outputs x BM tokens;
 CN > 1 groups CN blocks along the outputs into a cluster that loads each x stage once (multicast).
-x is prepared once per call (`prep`: [Kp/8, padded_rows(M), 8], chunk rows contiguous) so that
-every stage is a handful of 1-D bulk copies (TMA).
+x is prepared once per call (`prep`: [Kp/128, Mp/BM, 16, BM, 8], blocks of the tile's BM rows) so
+that a block's x stage is one 1-D bulk copy (TMA; one per CTA of a cluster), not 16.
 ``split`` > 1 splits K' over blockIdx.z into an fp32 workspace that `mma_reduce` adds in a fixed
 order (deterministic), as for `qgemm_mma`.
 """
@@ -182,25 +182,29 @@ def xbuf_size(layer: kc.GpuLinear, M: int) -> int:
     return padded_rows(M) * layer.layout.Kp
 
 
-def prep(x2, layer: kc.GpuLinear, out=None):
-    """x [M, K] (fp16 or fp32, C-contiguous rows) -> xw fp16 [Kp/8, padded_rows(M), 8] in wg order
-    (zeros at padding and in rows >= M). `out`: a C-contiguous CuPy fp16 array of `xbuf_size`
-    elements (any shape), or None."""
+def prep(x2, layer: kc.GpuLinear, out=None, rows: int | None = None):
+    """x [M, K] (fp16 or fp32, C-contiguous rows) -> xw fp16 [Kp/128, Mp/rows, 16, rows, 8] in wg
+    order (Mp = padded_rows(M); zeros at padding and in rows >= M): blocks of `rows` rows (the
+    tile's BM, so that a block's x stage is one contiguous range; default Mp, one block).
+    `out`: a C-contiguous CuPy fp16 array of `xbuf_size` elements (any shape), or None."""
     cp = kc._cupy()
     lay = layer.layout
     M = x2.shape[0]
     Mp = padded_rows(M)
+    rows = rows or max(Mp, 32)
+    if rows % 32 or Mp % rows:
+        raise ValueError(f"rows per x block must be a multiple of 32 that divides {Mp}, got {rows}")
     if out is None:
         out = cp.empty(Mp * lay.Kp, dtype=cp.float16)
     elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float16 or out.size != Mp * lay.Kp
           or not out.flags.c_contiguous):
         raise ValueError(f"the x buffer must be a C-contiguous CuPy float16 array of {Mp * lay.Kp} elements")
-    out = out.reshape(lay.Kp // 8, Mp, 8)
+    out = out.reshape(lay.Kp // UNIT, Mp // rows, 16, rows, 8)
     if lay.Kp and Mp:
         kc.function("prep_xwg")(
             (lay.Kp // UNIT, Mp // 32), (kc.THREADS,),
             (x2, np.int32(lay.K), np.int32(x2.dtype == cp.float32), wg_perm(layer), out, np.int32(M), np.int32(Mp),
-             np.int32(lay.Kp)),
+             np.int32(rows), np.int32(lay.Kp)),
         )
     return out
 
@@ -272,7 +276,7 @@ def wg_matmul(x2, layer: kc.GpuLinear, bias, out, *, tile: WgTile | str | None =
     if tile is None or split is None:
         t0, s0 = default_plan(layer, x2.shape[0])
         tile, split = tile or t0, split or s0
-    xw = prep(x2, layer, xbuf)
+    xw = prep(x2, layer, xbuf, tile.bm)
     return run(xw, x2.shape[0], layer, bias, out, tile, split, ws)
 
 
@@ -282,7 +286,9 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
     launches twice: its own blocks over the n-tiles [0, tail_start), then the tail's over the rest
     (a split > 1 ignores the tail).
 
-    xw:   CuPy fp16 [Kp/8, padded_rows(M), 8] in wg order (`prep`), C-contiguous, 16-byte aligned.
+    xw:   CuPy fp16 [Kp/128, Mp/rows, 16, rows, 8] in wg order (`prep`), C-contiguous, 16-byte
+          aligned; rows = tile.bm makes each x stage one bulk copy (other tiles, tails, read it
+          chunk by chunk).
     bias: CuPy fp32 [N] or None.   out: CuPy fp16 or fp32 with M*N elements, C-contiguous (written whole).
     ws:   optional CuPy fp32 buffer of >= split*M*N elements (split > 1; allocated when None).
     lbo / sbo: shared-memory descriptor offsets (tests of the layout only; default BM*16 / 128).
@@ -290,9 +296,11 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
     cp = kc._cupy()
     lay = layer.layout
     Mp = padded_rows(M)
-    if (xw.dtype != cp.float16 or xw.shape != (lay.Kp // 8, Mp, 8) or not xw.flags.c_contiguous
-            or xw.data.ptr % 16):
-        raise ValueError(f"x must be C-contiguous 16-byte aligned fp16 {(lay.Kp // 8, Mp, 8)} in wg order (prep)")
+    rows = xw.shape[3] if xw.ndim == 5 else 0
+    if (xw.dtype != cp.float16 or not rows or xw.shape != (lay.Kp // UNIT, Mp // rows, 16, rows, 8)
+            or not xw.flags.c_contiguous or xw.data.ptr % 16):
+        raise ValueError(f"x must be C-contiguous 16-byte aligned fp16 {(lay.Kp // UNIT, 'Mp/rows', 16, 'rows', 8)} "
+                         f"in wg order (prep), Mp = {Mp}")
     ws = cuda_mma.check_gemm_args(M, lay.N, bias, out, split, ws)
     if not supported():
         raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
@@ -322,7 +330,7 @@ def _launch(xw, Mp: int, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, s
     grid = (clusters_along_n(nt_hi - nt_lo, tile) * tile.cn, -(-M // tile.bm), split)
     function(lay.bits, lay.gstc, tile)(
         grid, (tile.threads,),
-        (xw, i32(Mp), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
+        (xw, i32(Mp), i32(xw.shape[3]), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
          out, i32(out.dtype == cp.float32), ws if split > 1 else null, i32(M), i32(lay.N), i32(lay.Np),
          i32(nt_lo), i32(nt_hi), i32(lay.nu), i32(lay.upg), i32(split),
          i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo)),

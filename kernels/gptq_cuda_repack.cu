@@ -78,14 +78,15 @@ prep_x(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather, const
     xg[idx] = h[0] | (h[1] << 16);
 }
 
-// x [M, ldx] (fp16 or fp32) -> xw [Kp/8][Mp][8] fp16 for the wgmma kernel (gptq_wgmma.cu):
-// xw[c][m][e] = x[m, perm[8c + e]] (0 where perm < 0 or m >= M). A block transposes one tile of
+// x [M, ldx] (fp16 or fp32) -> xw [Kp/128][Mp/xb][16][xb][8] fp16 for the wgmma kernel
+// (gptq_wgmma.cu): xw[u][m / xb][p][m % xb][e] = x[m, perm[128u + 8p + e]] (0 where perm < 0 or
+// m >= M); xb (rows per block) a multiple of 32 that divides Mp. A block transposes one tile of
 // 32 rows x 128 positions (one unit) through shared memory: it gathers the tile row by row (a
 // warp reads one row's elements, all within that row), then writes its 16 chunk rows, each a
 // contiguous 512-byte run of 32 consecutive rows m. Grid: (Kp / 128, Mp / 32); block: THREADS.
 extern "C" __global__ void __launch_bounds__(THREADS)
 prep_xwg(const void* __restrict__ x, int ldx, int x_f32, const int* __restrict__ perm, uint4* __restrict__ xw, int M,
-         int Mp, int Kp) {
+         int Mp, int xb, int Kp) {
     constexpr int RS = 128 + 8;  // tile row stride in halves (272 bytes: rows 16 bytes apart in the banks)
     __shared__ __align__(16) u16 tile[32 * RS];
     const int u = blockIdx.x, m0 = blockIdx.y * 32;
@@ -105,7 +106,7 @@ prep_xwg(const void* __restrict__ x, int ldx, int x_f32, const int* __restrict__
 #pragma unroll
     for (int i = threadIdx.x; i < 16 * 32; i += THREADS) {
         const int p = i >> 5, r = i & 31;
-        xw[(size_t)(u * 16 + p) * Mp + m0 + r] = *reinterpret_cast<const uint4*>(tile + r * RS + 8 * p);
+        xw[((size_t)(u * (Mp / xb) + m0 / xb) * 16 + p) * xb + m0 % xb + r] = *reinterpret_cast<const uint4*>(tile + r * RS + 8 * p);
     }
 }
 

@@ -29,10 +29,14 @@
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
 //   bytes apart; the launcher passes these as sbo / lbo).
-//   x is prepared by prep_xwg (kernels/cuda_wgmma.py `prep`) as xw[Kp/8][Mp][8] fp16 in "wg
-//   order": 16-byte chunk p of unit u (row u*16 + p) holds, at element e, the K' position of
-//   A-fragment element (k-step ts = p/2, pair 2*jh, lane t = e/2, half e%2), so that B's k index
-//   matches the decoded A; rows m >= M are zeros, Mp is a multiple of BM.
+//   x is prepared by prep_xwg (kernels/cuda_wgmma.py `prep`) as xw[Kp/128][Mp/XB][16][XB][8] fp16
+//   in "wg order": blocks of XB rows (a multiple of 32 dividing Mp); 16-byte chunk p of unit u
+//   holds, at element e, the K' position of A-fragment element (k-step ts = p/2, pair 2*jh, lane
+//   t = e/2, half e%2), so that B's k index matches the decoded A; rows m >= M are zeros, Mp is a
+//   multiple of BM. With XB = BM (the launcher's default) a block's stage of x is one contiguous
+//   16*BM*16-byte range: one bulk copy (CN: one per CTA of the cluster, multicast) instead of 16
+//   (the time of a 128 x 256 block at 512 rows fell 14-16%: docs/gpu-results.md, eighth session);
+//   any other XB (tail blocks of another BM, XB = Mp) takes 16 / CN copies of BM rows per CTA.
 //   CN > 1: clusters of CN CTAs along N share each X stage (one multicast bulk copy per chunk, the
 //   chunks spread over the CTAs); a slot is refilled only after every CTA of the cluster released
 //   it (the producers arrive on each other's "empty" mbarriers). The grid's x is a multiple of CN;
@@ -43,17 +47,22 @@
 //   split > 1: blockIdx.z takes the units [NU*z/split, NU*(z+1)/split) and writes fp32 partials to
 //   ws[z][M][N] (mma_reduce adds them in z order, adds bias and casts).
 //
-// xw: as above, 16-byte aligned. qw, sz: the tc layout; upg: units per group (GSTC == 8).
+// xw: as above, 16-byte aligned; xb: its rows per block (XB). qw, sz: the tc layout; upg: units per group (GSTC == 8).
 // bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
 // lbo / sbo: descriptor byte offsets (BM*16 and 128). nt_lo, nt_hi: the n-tiles computed, 0 <= nt_lo < nt_hi <= Np/16.
 // Grid: (ceil((nt_hi - nt_lo) * 16 / BN) rounded up to a multiple of CN, ceil(M / BM), split); block: 128*NWG + 128 threads;
 // dynamic shared memory: STAGES * WgCfg::STAGE_BYTES (128-byte aligned stages).
 
-// Profiling only (tools/probe_wgmma.py --ablate compiles with -DWG_ABLATE=1..5): 1 skips the
-// weight decode (constant A fragments), 2 skips the wgmma, 3 also the x copies, 4 copies x as one
-// bulk copy per stage (no wgmma), 5 the same with the wgmma. Results are then wrong.
+// Profiling only (tools/probe_wgmma.py --ablate compiles with -DWG_ABLATE=1..3): 1 skips the
+// weight decode (constant A fragments), 2 skips the wgmma, 3 also the x copies. Results are then
+// wrong. (4 and 5, x as one copy per stage, are what xb = BM now does.)
 #ifndef WG_ABLATE
 #define WG_ABLATE 0
+#endif
+// Profiling only: WG_X_CHUNKS=1 copies x chunk by chunk (16 / CN copies per CTA and stage) also
+// where xb = BM, as before the eighth session.
+#ifndef WG_X_CHUNKS
+#define WG_X_CHUNKS 0
 #endif
 // Profiling only (tools/probe_wgmma.py --variants): WG_NC_PREFETCH=1 loads the WR tiles' next
 // unit with read-only (.nc) loads, as before; ptxas then sinks them to the unit's last k-steps,
@@ -235,48 +244,46 @@ __device__ __forceinline__ void mbar_arrive_local_if(u32 bar, bool cond) {
 }
 
 // Stage of unit u, issued by the lanes of one warp as bulk copies completing on `bar`:
-// W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows).
+// W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows:
+// one copy where xb = BM, else one per chunk).
 // N-tiles >= Np/16 are not copied (their A rows are garbage; those outputs are not written).
 // With a cluster of CN CTAs along N (CN > 1), all of which share m0 and the units, CTA `rank`
-// copies X chunks p = rank, rank + CN, ... to every CTA of the cluster (multicast); each CTA's
-// barrier expects its own W and SZ plus all 16 X chunks.
+// copies X chunks p = rank*16/CN .. (rank+1)*16/CN - 1 to every CTA of the cluster (multicast);
+// each CTA's barrier expects its own W and SZ plus all 16 X chunks.
 template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR>
-__device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp,
+__device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp, int xb,
                                                const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int nt_hi,
                                                int NU, int upg, int nt0, int m0, int lane, u32 rank) {
     using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
     constexpr int NB = WR ? 0 : C::BN / 16, WB = 32 * C::WPU * 4, NX = 16 / CN;
     const int ntv = max(0, min(C::BN / 16, nt_hi - nt0));
+    // chunk p of this stage at xs + p * xb * 8 (contiguous where xb = BM: one copy)
+    const u16* xs = xw + ((size_t)(u * (Mp / xb) + m0 / xb) * 16 * xb + m0 % xb) * 8;
+    const bool x1 = !WG_X_CHUNKS && xb == BM;
+    const int nx = x1 ? 1 : NX;
     const u32 szb = ntv * 64;
     constexpr int XB = WG_ABLATE == 3 ? 0 : 16 * BM * 16;
     if (lane == 0) mbar_expect_tx(bar, (WR ? 0 : ntv * WB) + (ntv ? C::NGU * szb : 0) + XB);
     __syncwarp();
-    if constexpr (WG_ABLATE >= 4) {  // profiling: x as one copy per stage (wrong data)
-        if (lane == 0 && rank == 0) {
-            const u16* src = xw + (size_t)u * 16 * Mp * 8 + (size_t)m0 * 16 * 8;
-            if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF, src, XB, bar);
-            else bulk_g2s_multicast(s_st + C::X_OFF, src, XB, bar, (u16)((1u << CN) - 1u));
-        }
-    }
-    for (int j = lane; j < NB + C::NGU + ((WG_ABLATE >= 3) ? 0 : NX); j += 32) {
+    for (int j = lane; j < NB + C::NGU + (WG_ABLATE == 3 ? 0 : nx); j += 32) {
         if (j < NB) {
             if (j < ntv) bulk_g2s(s_st + j * WB, qw + ((size_t)(nt0 + j) * NU + u) * (32 * C::WPU), WB, bar);
         } else if (j < NB + C::NGU) {
             const int gi = j - NB;
             const int grp = GSTC < 8 ? u * C::NGU + gi : u / upg;
             if (ntv) bulk_g2s(s_st + C::W_BYTES + gi * C::BN * 4, sz + (size_t)grp * Np + nt0 * 16, szb, bar);
-        } else {
-            const int p = (j - NB - C::NGU) * CN + (int)rank;
-            const u16* src = xw + ((size_t)(u * 16 + p) * Mp + m0) * 8;
-            if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF + p * BM * 16, src, BM * 16, bar);
-            else bulk_g2s_multicast(s_st + C::X_OFF + p * BM * 16, src, BM * 16, bar, (u16)((1u << CN) - 1u));
+        } else {  // chunks p .. p + n - 1
+            const int p = (int)rank * NX + (x1 ? 0 : j - NB - C::NGU), n = x1 ? NX : 1;
+            const u16* src = xs + (size_t)p * xb * 8;
+            if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar);
+            else bulk_g2s_multicast(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar, (u16)((1u << CN) - 1u));
         }
     }
 }
 
 template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES>
 __global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
-qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u32* __restrict__ sz,
+qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
          int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo) {
     using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
@@ -328,7 +335,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
                 }
             }
             wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u_begin + v, xw,
-                                                        Mp, qw, sz, Np, nt_hi, NU, upg, nt0, m0, lane, rank);
+                                                        Mp, xb, qw, sz, Np, nt_hi, NU, upg, nt0, m0, lane, rank);
         }
     } else {
     setmaxnreg_inc<C::CONSUMER_REGS>();
@@ -385,7 +392,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, const u32* __restrict__ qw, const u
             wg_fence();
 #pragma unroll
             for (int f = 0; f < FW; ++f)
-                if constexpr (WG_ABLATE != 2 && WG_ABLATE != 3 && WG_ABLATE != 4) wgmma_rs<BM>(acc[f], a[f], desc, 1);
+                if constexpr (WG_ABLATE != 2 && WG_ABLATE != 3) wgmma_rs<BM>(acc[f], a[f], desc, 1);
                 else acc[f][0] += __uint_as_float(a[f][0] ^ a[f][3] ^ (u32)desc);
             wg_commit();
             wg_wait<C::INFLIGHT>();

@@ -16,11 +16,13 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # each tile built with each set of macros ('+'
                                                    # joins several; base = none): error, time; e.g.
                                                    # WG_NC_PREFETCH=1 (the old read-only prefetch),
-                                                   # WG_ABLATE=3 (timing only)
+                                                   # WG_ABLATE=3 (timing only), WG_X_CHUNKS=1 (x copied
+                                                   # chunk by chunk, as before the eighth session)
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from dataclasses import replace
@@ -52,7 +54,7 @@ def _compile_variant(job: tuple[str, str]) -> None:
     cp.RawModule(code=kc.source(True), name_expressions=(name,), options=_options(kc, defines)).get_function(name)
 
 
-def variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets) -> None:
+def variants(cp, kc, kw, xw_for, M, gl, ref, timer, labels, define_sets) -> None:
     """Every tile built with every set of macros: relative error against dequantize + cuBLAS
     (meaningless under WG_ABLATE) and kernel time, side by side in one process."""
     import concurrent.futures
@@ -84,16 +86,17 @@ def variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets) -> None:
             kw.function = lambda bits, gstc, t, d=defines: build(t, d)
             try:
                 out.fill(np.nan)
+                xw = xw_for(tile.bm)
                 kw.run(xw, M, gl, None, out, tile, 1)
                 err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
-                t = timer.per_call_ms(lambda i, tile=tile: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
+                t = timer.per_call_ms(lambda i, tile=tile, xw=xw: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
             finally:
                 kw.function = real
             row.append(f"{defines} {t:.1f} us (err {err:.0e})")
         print(f"  {tile.label}/1: " + ", ".join(row), flush=True)
 
 
-def waves(cp, kw, xw, M, gl, ref, timer) -> None:
+def waves(cp, kw, xw_for, M, gl, ref, timer) -> None:
     """Blocks that run at once (the knee in time over the number of blocks), and the tails."""
     lay = gl.layout
     out = cp.empty((M, lay.N), dtype=cp.float16)
@@ -105,19 +108,21 @@ def waves(cp, kw, xw, M, gl, ref, timer) -> None:
         row = []
         for clusters in range(max(1, (sms * 3 // 4) // (tile.cn * mbt)), (sms * 5 // 4) // (tile.cn * mbt) + 2):
             hi = min(lay.Np // 16, clusters * per)
-            t = timer.per_call_ms(lambda i, tile=tile, hi=hi: kw._launch(xw, kw.padded_rows(M), M, gl, None, out, tile, 1,
-                                                                         None, 0, hi, None, None), 1, reps=5) * 1e3
+            t = timer.per_call_ms(lambda i, tile=tile, hi=hi: kw._launch(xw_for(tile.bm), kw.padded_rows(M), M, gl, None,
+                                                                         out, tile, 1, None, 0, hi, None, None),
+                                  1, reps=5) * 1e3
             row.append(f"{clusters * tile.cn * mbt}:{t:.1f}")
         print(f"  {label} blocks:us  " + " ".join(row), flush=True)
     for label, tile in kw.TILES.items():
         if tile.tail is None:
             continue
         out.fill(np.nan)
+        xw = xw_for(tile.bm)
         kw.run(xw, M, gl, None, out, tile, 1)
         err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
-        t = timer.per_call_ms(lambda i, tile=tile: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
+        t = timer.per_call_ms(lambda i, tile=tile, xw=xw: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
         main = replace(tile, tail=None)
-        t0 = timer.per_call_ms(lambda i, tile=main: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
+        t0 = timer.per_call_ms(lambda i, tile=main, xw=xw: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
         print(f"  {label}/1: {t:.1f} us (tail from n-tile {kw.tail_start(lay, M, tile)} of {lay.Np // 16}), "
               f"{main.label}/1 alone {t0:.1f} us; rel err {err:.1e}", flush=True)
 
@@ -139,11 +144,12 @@ def main() -> None:
     gl = kc.GpuLinear.from_packed(*layer, 4, K, N)
     x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
     ref = kc.quant_matmul(x, gl, path="dequant").astype(cp.float32)
-    xw = kw.prep(x, gl)
+    xw_for = functools.cache(lambda bm: kw.prep(x, gl, rows=bm))  # x in blocks of the tile's BM rows
     if "--one" in sys.argv:  # for a profiler: one tile a few times
         out = cp.empty((M, N), dtype=cp.float16)
+        tile = kw.TILES[sys.argv[sys.argv.index("--one") + 1]]
         for _ in range(5):
-            kw.run(xw, M, gl, None, out, kw.TILES[sys.argv[sys.argv.index("--one") + 1]], 1)
+            kw.run(xw_for(tile.bm), M, gl, None, out, tile, 1)
         cp.cuda.runtime.deviceSynchronize()
         return
     if "--waves" in sys.argv:
@@ -151,7 +157,7 @@ def main() -> None:
         w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
         print(f"{K} x {N}, M={M}, 4-bit: fp16 cuBLAS {timer.per_call_ms(lambda i: x @ w16.T, 1, reps=7) * 1e3:.1f} us",
               flush=True)
-        waves(cp, kw, xw, M, gl, ref, timer)
+        waves(cp, kw, xw_for, M, gl, ref, timer)
         return
     if "--variants" in sys.argv:
         timer = f_timer()
@@ -160,20 +166,20 @@ def main() -> None:
               flush=True)
         labels = sys.argv[sys.argv.index("--tiles") + 1].split(",")
         define_sets = sys.argv[sys.argv.index("--defines") + 1].split(",") if "--defines" in sys.argv else ["base"]
-        variants(cp, kc, kw, xw, M, gl, ref, timer, labels, define_sets)
+        variants(cp, kc, kw, xw_for, M, gl, ref, timer, labels, define_sets)
         return
     if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
         labels = ["128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r"]
         if "--tiles" in sys.argv:
             labels = sys.argv[sys.argv.index("--tiles") + 1].split(",")
-        variants(cp, kc, kw, xw, M, gl, ref, f_timer(), labels, ["base", "WG_ABLATE=1", "WG_ABLATE=2", "WG_ABLATE=3"])
+        variants(cp, kc, kw, xw_for, M, gl, ref, f_timer(), labels, ["base", "WG_ABLATE=1", "WG_ABLATE=2", "WG_ABLATE=3"])
         return
     t0 = time.time()
     kw.function(4, 8, kw.TILES["128x128"])
     print(f"compiled in {time.time() - t0:.1f}s", flush=True)
     for tile in kw.TILES.values():
         out = cp.full((M, N), np.nan, dtype=cp.float16)
-        kw.run(xw, M, gl, None, out, tile, 1)
+        kw.run(xw_for(tile.bm), M, gl, None, out, tile, 1)
         err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
         print(f"tile {tile.label}: rel err vs dequantize + cuBLAS {err:.1e}", flush=True)
     timer = f_timer()
@@ -184,12 +190,12 @@ def main() -> None:
 
     f = timeit(lambda: x @ w16.T)
     print(f"fp16 cuBLAS {f:.1f} us; dequant path {timeit(lambda: kc.quant_matmul(x, gl, path='dequant')):.1f} us; "
-          f"prep {timeit(lambda: kw.prep(x, gl, xw)):.1f} us; mma path {timeit(lambda: kc.quant_matmul(x, gl, path='mma')):.1f} us")
+          f"prep {timeit(lambda: kw.prep(x, gl, xw_for(256), 256)):.1f} us; mma path {timeit(lambda: kc.quant_matmul(x, gl, path='mma')):.1f} us")
     out = cp.empty((M, N), dtype=cp.float16)
     ws = cp.empty(8 * M * N, dtype=cp.float32)
     for label, tile in kw.TILES.items():
         for split in (1, 2, 4):
-            t = timeit(lambda tile=tile, split=split: kw.run(xw, M, gl, None, out, tile, split, ws))
+            t = timeit(lambda tile=tile, split=split: kw.run(xw_for(tile.bm), M, gl, None, out, tile, split, ws))
             print(f"  wg {label}/{split}: {t:.1f} us = {t / f:.2f}x fp16 (kernel only, x prepared)")
 
 

@@ -176,16 +176,21 @@ def test_gpu_wgmma_rejects_bad_arguments(hopper):
         kw.run(x, 40, gl, None, cp.zeros((40, 64), cp.float16), kw.TILES["128x128"], 1)
     with pytest.raises(ValueError, match="x buffer"):
         kw.prep(x, gl, cp.zeros(kw.xbuf_size(gl, 40) - 8, cp.float16))
+    with pytest.raises(ValueError, match="rows per x block"):
+        kw.prep(x, gl, rows=96)  # does not divide the 256 padded rows
     xw = kw.prep(x, gl)
-    assert xw.shape == (gl.layout.Kp // 8, kw.padded_rows(40), 8)
-    assert not cp.asnumpy(xw[:, 40:]).any()  # rows >= M are zeros
+    assert xw.shape == (gl.layout.Kp // 128, 1, 16, kw.padded_rows(40), 8)
+    assert not cp.asnumpy(xw[:, :, :, 40:]).any()  # rows >= M are zeros
+    with pytest.raises(ValueError, match="x must be"):  # the right size, not the blocked shape
+        kw.run(xw.reshape(-1, 8), 40, gl, None, cp.zeros((40, 64), cp.float16), kw.TILES["128x128"], 1)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("group,act", [(128, False), (128, True), (32, True), (-1, False)])
 @pytest.mark.parametrize("M", (1, 33, 300))
 @pytest.mark.parametrize("dtype", (np.float16, np.float32))
-def test_gpu_prep_is_the_wg_order_gather_bit_exactly(hopper, group, act, M, dtype):
+@pytest.mark.parametrize("rows", (None, 64, 256))
+def test_gpu_prep_is_the_wg_order_gather_bit_exactly(hopper, group, act, M, dtype, rows):
     cp = hopper
     rng = np.random.default_rng(test_cuda.fresh_seed())
     K, N = 1000, 64  # K' padded past K
@@ -196,8 +201,34 @@ def test_gpu_prep_is_the_wg_order_gather_bit_exactly(hopper, group, act, M, dtyp
     ref = np.zeros((Mp, gl.layout.Kp), np.float16)
     ref[:M, perm >= 0] = x[:, perm[perm >= 0]].astype(np.float16)
     out = cp.full(kw.xbuf_size(gl, M), np.nan, cp.float16)
-    got = cp.asnumpy(kw.prep(cp.asarray(x), gl, out))  # [Kp/8, Mp, 8]
-    np.testing.assert_array_equal(got.transpose(1, 0, 2).reshape(Mp, -1).view(np.uint16), ref.view(np.uint16))
+    got = cp.asnumpy(kw.prep(cp.asarray(x), gl, out, rows))  # [Kp/128, Mp/rows, 16, rows, 8]
+    xb = rows or Mp
+    assert got.shape == (gl.layout.Kp // 128, Mp // xb, 16, xb, 8)
+    # -> [Mp/rows, rows, Kp/128, 16, 8] = [Mp, Kp]
+    np.testing.assert_array_equal(got.transpose(1, 3, 0, 2, 4).reshape(Mp, -1).view(np.uint16), ref.view(np.uint16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("label", ("128x256c4r", "128x256c2r+128x128r", "128x128r", "256x64r", "128x128c2"))
+def test_gpu_wgmma_x_blocked_or_not_gives_the_same_bits(hopper, monkeypatch, label):
+    """x in blocks of the tile's BM rows (one bulk copy per stage) and in one block (a copy per
+    chunk) give bit-identical outputs, tails (another BM, here on 8 SMs) included."""
+    from gptq_export.kernels import cuda_mma
+
+    monkeypatch.setattr(cuda_mma, "sm_count", lambda: 8)
+    cp = hopper
+    rng = np.random.default_rng(test_cuda.fresh_seed())
+    K, N, M = 1000, 1200, 300
+    gl = kc.GpuLinear.from_packed(*random_layer(rng, 4, K, N, 128, True), 4, K, N)
+    x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
+    tile = kw.TILES[label]
+    assert tile.tail is None or kw.tail_start(gl.layout, M, tile) < gl.layout.Np // 16  # the tail runs
+    outs = []
+    for rows in (tile.bm, None):
+        out = cp.full((M, N), np.nan, cp.float16)
+        outs.append(cp.asnumpy(kw.run(kw.prep(x, gl, rows=rows), M, gl, None, out, tile, 1)).view(np.uint16))
+    assert not np.isnan(outs[0].view(np.float16)).any()
+    np.testing.assert_array_equal(outs[0], outs[1])
 
 
 @pytest.mark.gpu
