@@ -64,6 +64,12 @@
 #ifndef WG_X_CHUNKS
 #define WG_X_CHUNKS 0
 #endif
+// Profiling only, not yet measured: WG_X_ONE_ISSUER=1 has CTA 0 of a cluster copy the whole x
+// stage (one multicast copy per cluster, where xb = BM) instead of each CTA its 16 / CN chunks
+// (the old WG_ABLATE=5 copied x that way: 358 against 427 us, H200, docs/gpu-results.md).
+#ifndef WG_X_ONE_ISSUER
+#define WG_X_ONE_ISSUER 0
+#endif
 // Profiling only (tools/probe_wgmma.py --variants): WG_NC_PREFETCH=1 loads the WR tiles' next
 // unit with read-only (.nc) loads, as before; ptxas then sinks them to the unit's last k-steps,
 // which leaves one k-step, not seven, to hide their DRAM latency (tools/sass_wgmma.py shows it).
@@ -260,7 +266,8 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
     // chunk p of this stage at xs + p * xb * 8 (contiguous where xb = BM: one copy)
     const u16* xs = xw + ((size_t)(u * (Mp / xb) + m0 / xb) * 16 * xb + m0 % xb) * 8;
     const bool x1 = !WG_X_CHUNKS && xb == BM;
-    const int nx = x1 ? 1 : NX;
+    const bool x_all = WG_X_ONE_ISSUER && x1;  // one copy for the whole cluster, by CTA 0
+    const int nx = x_all ? (rank == 0) : x1 ? 1 : NX;
     const u32 szb = ntv * 64;
     constexpr int XB = WG_ABLATE == 3 ? 0 : 16 * BM * 16;
     if (lane == 0) mbar_expect_tx(bar, (WR ? 0 : ntv * WB) + (ntv ? C::NGU * szb : 0) + XB);
@@ -273,7 +280,7 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
             const int grp = GSTC < 8 ? u * C::NGU + gi : u / upg;
             if (ntv) bulk_g2s(s_st + C::W_BYTES + gi * C::BN * 4, sz + (size_t)grp * Np + nt0 * 16, szb, bar);
         } else {  // chunks p .. p + n - 1
-            const int p = (int)rank * NX + (x1 ? 0 : j - NB - C::NGU), n = x1 ? NX : 1;
+            const int p = x_all ? 0 : (int)rank * NX + (x1 ? 0 : j - NB - C::NGU), n = x_all ? 16 : x1 ? NX : 1;
             const u16* src = xs + (size_t)p * xb * 8;
             if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar);
             else bulk_g2s_multicast(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar, (u16)((1u << CN) - 1u));
