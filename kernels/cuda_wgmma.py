@@ -191,7 +191,7 @@ def prep(x2, layer: kc.GpuLinear, out=None, rows: int | None = None):
     lay = layer.layout
     M = x2.shape[0]
     Mp = padded_rows(M)
-    rows = rows or max(Mp, 32)
+    rows = rows or Mp or ROW_ALIGN
     if rows % 32 or Mp % rows:
         raise ValueError(f"rows per x block must be a multiple of 32 that divides {Mp}, got {rows}")
     if out is None:
@@ -301,6 +301,10 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
             or not xw.flags.c_contiguous or xw.data.ptr % 16):
         raise ValueError(f"x must be C-contiguous 16-byte aligned fp16 {(lay.Kp // UNIT, 'Mp/rows', 16, 'rows', 8)} "
                          f"in wg order (prep), Mp = {Mp}")
+    for part in tile.parts():  # a block's rows must lie in one block of x
+        if rows % part.bm:
+            raise ValueError(f"x is in blocks of {rows} rows, not a multiple of tile {part.label}'s {part.bm}: "
+                             f"prepare it with prep(..., rows={tile.bm})")
     ws = cuda_mma.check_gemm_args(M, lay.N, bias, out, split, ws)
     if not supported():
         raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")

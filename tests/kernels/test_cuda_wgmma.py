@@ -183,6 +183,8 @@ def test_gpu_wgmma_rejects_bad_arguments(hopper):
     assert not cp.asnumpy(xw[:, :, :, 40:]).any()  # rows >= M are zeros
     with pytest.raises(ValueError, match="x must be"):  # the right size, not the blocked shape
         kw.run(xw.reshape(-1, 8), 40, gl, None, cp.zeros((40, 64), cp.float16), kw.TILES["128x128"], 1)
+    with pytest.raises(ValueError, match="blocks of 64 rows"):  # 128-row blocks would read past them
+        kw.run(kw.prep(x, gl, rows=64), 40, gl, None, cp.zeros((40, 64), cp.float16), kw.TILES["128x128"], 1)
 
 
 @pytest.mark.gpu
