@@ -52,28 +52,25 @@ template <> struct Fmt<8> { static constexpr int WPU = 16; };
 // ---------------------------------------------------------------------------------------------
 // small helpers (inline PTX: no cuda_fp16.h needed under NVRTC)
 
+// Streaming 16- / 8-byte loads (no L1 allocation): read-only (.nc) by default; PLAIN = ordinary
+// loads, which ptxas keeps ahead of a later release-ordered mbarrier arrive, where it is free to
+// sink .nc ones (load_unit's PLAIN).
+template <bool PLAIN = false>
 __device__ __forceinline__ uint4 ld_stream4(const u32* p) {
     uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    if constexpr (PLAIN)
+        asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    else
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
     return r;
 }
+template <bool PLAIN = false>
 __device__ __forceinline__ uint2 ld_stream2(const u32* p) {
     uint2 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
-    return r;
-}
-// The same reads as ordinary (not read-only .nc) loads: ptxas keeps these ahead of a later
-// release-ordered mbarrier arrive, where it is free to sink .nc loads (load_unit's PLAIN).
-__device__ __forceinline__ uint4 ld_plain4(const u32* p) {
-    uint4 r;
-    asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-}
-__device__ __forceinline__ uint2 ld_plain2(const u32* p) {
-    uint2 r;
-    asm volatile("ld.global.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+    if constexpr (PLAIN) asm volatile("ld.global.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+    else asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
     return r;
 }
 __device__ __forceinline__ u32 ld_nc(const u32* p) {
@@ -154,18 +151,18 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b
 // ---------------------------------------------------------------------------------------------
 // tc layout: loading one lane's words of one (n-tile, unit), and decoding one k-step
 
-// PLAIN: ordinary loads instead of read-only ones (ld_plain4), for a prefetch that ptxas must not
+// PLAIN: ordinary loads instead of read-only ones (ld_stream4), for a prefetch that ptxas must not
 // sink towards its first use (kernels/gptq_wgmma.cu).
 template <int BITS, bool PLAIN = false>
 __device__ __forceinline__ void load_unit(u32 (&w)[Fmt<BITS>::WPU], const u32* __restrict__ base, int lane) {
     if constexpr (BITS == 3) {
-        const uint4 v = PLAIN ? ld_plain4(base + lane * 4) : ld_stream4(base + lane * 4);
-        const uint2 h = PLAIN ? ld_plain2(base + 128 + lane * 2) : ld_stream2(base + 128 + lane * 2);
+        const uint4 v = ld_stream4<PLAIN>(base + lane * 4);
+        const uint2 h = ld_stream2<PLAIN>(base + 128 + lane * 2);
         w[0] = v.x; w[1] = v.y; w[2] = v.z; w[3] = v.w; w[4] = h.x; w[5] = h.y;
     } else {
 #pragma unroll
         for (int c = 0; c < Fmt<BITS>::WPU / 4; ++c) {
-            const uint4 v = PLAIN ? ld_plain4(base + c * 128 + lane * 4) : ld_stream4(base + c * 128 + lane * 4);
+            const uint4 v = ld_stream4<PLAIN>(base + c * 128 + lane * 4);
             w[4 * c] = v.x; w[4 * c + 1] = v.y; w[4 * c + 2] = v.z; w[4 * c + 3] = v.w;
         }
     }

@@ -35,7 +35,8 @@
 //   t = e/2, half e%2), so that B's k index matches the decoded A; rows m >= M are zeros, Mp is a
 //   multiple of BM. With XB = BM (the launcher's default) a block's stage of x is one contiguous
 //   16*BM*16-byte range: one bulk copy (CN: one per CTA of the cluster, multicast) instead of 16
-//   (the time of a 128 x 256 block at 512 rows fell 14-16%: docs/gpu-results.md, eighth session);
+//   (at 512 rows, H100: 128 x 128 blocks 13-16% faster, 128 x 256 blocks in clusters 5-6%;
+//   docs/gpu-results.md, eighth session);
 //   any other XB (tail blocks of another BM, XB = Mp) takes 16 / CN copies of BM rows per CTA.
 //   CN > 1: clusters of CN CTAs along N share each X stage (one multicast bulk copy per chunk, the
 //   chunks spread over the CTAs); a slot is refilled only after every CTA of the cluster released

@@ -152,18 +152,19 @@ def main() -> None:
             kw.run(xw_for(tile.bm), M, gl, None, out, tile, 1)
         cp.cuda.runtime.deviceSynchronize()
         return
-    if "--waves" in sys.argv:
-        timer = f_timer()
-        w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
-        print(f"{K} x {N}, M={M}, 4-bit: fp16 cuBLAS {timer.per_call_ms(lambda i: x @ w16.T, 1, reps=7) * 1e3:.1f} us",
-              flush=True)
-        waves(cp, kw, xw_for, M, gl, ref, timer)
-        return
-    if "--variants" in sys.argv:
+    def fp16_header():
+        """A timer, after printing the layer and its fp16 cuBLAS time."""
         timer = f_timer()
         w16 = cp.asarray(rng.standard_normal((N, K)).astype(np.float16))
         print(f"{K} x {N}, M={M}, 4-bit g128: fp16 cuBLAS {timer.per_call_ms(lambda i: x @ w16.T, 1, reps=7) * 1e3:.1f} us",
               flush=True)
+        return timer
+
+    if "--waves" in sys.argv:
+        waves(cp, kw, xw_for, M, gl, ref, fp16_header())
+        return
+    if "--variants" in sys.argv:
+        timer = fp16_header()
         labels = sys.argv[sys.argv.index("--tiles") + 1].split(",")
         define_sets = sys.argv[sys.argv.index("--defines") + 1].split(",") if "--defines" in sys.argv else ["base"]
         variants(cp, kc, kw, xw_for, M, gl, ref, timer, labels, define_sets)
