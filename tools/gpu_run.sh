@@ -55,8 +55,9 @@ fi
 
 # NVRTC takes seconds per kernel: compile the common ones in parallel processes (CuPy's disk cache).
 # (python -c, not a heredoc on stdin: spawned workers re-import __main__ from its path.)
+# PRECOMPILE=0 skips it (a probe-only run compiles just what it times).
 echo "== precompile" | tee -a "$OUT/env.log"
-if ! "$PY" -c '
+if [ "${PRECOMPILE:-1}" = 1 ] && ! "$PY" -c '
 import time
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import cuda_mma as km
