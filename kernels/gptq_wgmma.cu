@@ -65,11 +65,13 @@
 #ifndef WG_X_CHUNKS
 #define WG_X_CHUNKS 0
 #endif
-// Profiling only, not yet measured: WG_X_ONE_ISSUER=1 has CTA 0 of a cluster copy the whole x
-// stage (one multicast copy per cluster, where xb = BM) instead of each CTA its 16 / CN chunks
-// (the old WG_ABLATE=5 copied x that way: 358 against 427 us, H200, docs/gpu-results.md).
+// x stage of a cluster (where xb = BM): CTA 0 copies all 16 chunks to every CTA (one multicast
+// copy per cluster and stage). WG_X_ONE_ISSUER=0 (profiling) has each CTA copy its 16 / CN chunks
+// instead, as in the eighth session. H100, 4-bit g128, 512 rows, kernel only: 128x256c4r 442.4 ->
+// 409.0 us on 8192 x 28672, 118.1 -> 106.3 on 4096 x 11008; clusters of 2 within 1%
+// (docs/gpu-results.md, ninth session).
 #ifndef WG_X_ONE_ISSUER
-#define WG_X_ONE_ISSUER 0
+#define WG_X_ONE_ISSUER 1
 #endif
 // Profiling only (tools/probe_wgmma.py --variants): WG_NC_PREFETCH=1 loads the WR tiles' next
 // unit with read-only (.nc) loads, as before; ptxas then sinks them to the unit's last k-steps,
@@ -254,9 +256,10 @@ __device__ __forceinline__ void mbar_arrive_local_if(u32 bar, bool cond) {
 // W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows:
 // one copy where xb = BM, else one per chunk).
 // N-tiles >= Np/16 are not copied (their A rows are garbage; those outputs are not written).
-// With a cluster of CN CTAs along N (CN > 1), all of which share m0 and the units, CTA `rank`
-// copies X chunks p = rank*16/CN .. (rank+1)*16/CN - 1 to every CTA of the cluster (multicast);
-// each CTA's barrier expects its own W and SZ plus all 16 X chunks.
+// With a cluster of CN CTAs along N (CN > 1), all of which share m0 and the units, x goes to every
+// CTA of the cluster (multicast): where xb = BM, CTA 0 copies all 16 chunks at once (WG_X_ONE_ISSUER),
+// else CTA `rank` copies chunks p = rank*16/CN .. (rank+1)*16/CN - 1; each CTA's barrier expects its
+// own W and SZ plus all 16 X chunks.
 template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR>
 __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp, int xb,
                                                const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int nt_hi,

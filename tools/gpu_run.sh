@@ -8,6 +8,7 @@
 #
 #   bash tools/gpu_run.sh                     # everything
 #   STAGES="test bench" BENCH_ARGS=--quick bash tools/gpu_run.sh
+#   STAGES=test TEST_PATHS=tests/kernels/test_cuda_wgmma.py bash tools/gpu_run.sh   # some tests only
 #   STAGES="probe test" PROBE_SHAPES="8192x28672x512 4096x11008x512" PROBE_ARGS="--variants --tiles ..." \
 #     bash tools/gpu_run.sh                   # tools/probe_wgmma.py on each K x N x M first (probe.log)
 #
@@ -75,7 +76,7 @@ fi
 
 if [[ " $STAGES " == *" test "* ]]; then
   echo "== pytest -m gpu"
-  timeout "${TEST_TIMEOUT:-300}" "$PY" -P -m pytest -m gpu -q -p no:cacheprovider -rfE --continue-on-collection-errors tests 2>&1 \
+  timeout "${TEST_TIMEOUT:-300}" "$PY" -P -m pytest -m gpu -q -p no:cacheprovider -rfE --continue-on-collection-errors ${TEST_PATHS:-tests} 2>&1 \
     | tee "$OUT/pytest.log" || status=1
 fi
 if [[ " $STAGES " == *" bench "* ]]; then
