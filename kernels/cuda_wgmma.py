@@ -171,6 +171,14 @@ C4_BLOCKS_PER_SM = 0.6
 #: 4096 x 11008 at 512 rows, 94 us: this is the plan of path="wgmma".)
 TAIL_MIN_M = 512
 TAIL_MAX_UNITS = 32
+#: From ONE_WAVE_MIN_M rows, layers whose 128 x 128 blocks (weights straight into registers)
+#: fill between half the SMs and all of them take those blocks, one wave, K' unsplit. H200,
+#: 4-bit g128, kernel only (tools/bench_kernels.py --wg-sweep-only, docs/gpu-results.md, ninth
+#: session): 4096 x 4096 at 512 rows 41.3 against 50.7 us; 11008 x 4096 at 512 93.0 against 97.6;
+#: 8192 x 8192 at 256 71.4 against 76.7. (Two waves or more lose: 8192 x 8192 at 512 rows 132.7
+#: against 117.7; half a wave or less ties the split tiles.)
+ONE_WAVE_MIN_M = 256
+ONE_WAVE_TILE = "128x128r"
 
 
 def padded_rows(M: int) -> int:
@@ -247,7 +255,8 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     memory: 8 bits, 4 bits with groups of 16); from TAIL_MIN_M rows, layers of at most
     TAIL_MAX_UNITS K' units that would take clusters of 4 take clusters of 2 with the last, partial
     wave in 128 x 128 blocks instead; K' split so that the grid covers the SMs about once, with >= 4
-    units per split."""
+    units per split. From ONE_WAVE_MIN_M rows, a layer whose 128 x 128 blocks fill more than half
+    the SMs in one wave takes those (ONE_WAVE_TILE)."""
     lay = layer.layout
     sms = cuda_mma.sm_count()
 
@@ -258,6 +267,8 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
         tile = TILES["256x64r"]
     elif M <= 128:
         tile = TILES["256x128"]
+    elif M >= ONE_WAVE_MIN_M and sms // 2 < blocks(TILES[ONE_WAVE_TILE]) <= sms:
+        tile = TILES[ONE_WAVE_TILE]
     elif M >= TAIL_MIN_M and lay.nu <= TAIL_MAX_UNITS and -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms:
         tile = TILES["128x256c2r+128x128r"]
     else:
