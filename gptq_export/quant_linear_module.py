@@ -6,7 +6,8 @@
 
 On CUDA tensors the forward runs the fused CUDA kernels (`gptq_export.kernels.torch_cuda`: the
 packed weights are repacked once per device into the GPU tile layout, kept next to the module's
-buffers); elsewhere it runs the `gptq_export::quant_linear` op (NumPy reference on the CPU).
+buffers); elsewhere, and under `torch.compile`, it runs the `gptq_export::quant_linear` op (its
+CUDA implementation runs the same kernels; NumPy reference on the CPU).
 The buffers are the packed `gptq` format (`gptq_export.kernels.reference`), so `state_dict()`
 holds exactly the tensors of the exported ONNX initializers.
 """
@@ -57,7 +58,9 @@ class QuantLinear(nn.Module):
         return hit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda:
+        # Under torch.compile the op (opaque to the compiler, same CUDA kernels) replaces the
+        # direct call, which dynamo cannot trace.
+        if x.is_cuda and not torch.compiler.is_compiling():
             from .kernels.torch_cuda import linear
 
             layer, bias = self.gpu_layer(x.device)
