@@ -121,9 +121,10 @@ MMA_MAX_M = 128
 WG_MIN_M = 128
 WG_MAX_M = 256
 WG_MIN_WEIGHTS = 32 << 20
-#: ... and up to WG_BIG_MAX_M rows for layers of at least WG_BIG_WEIGHTS weights: at M = 512, 8192 x
-#: 8192 130 us against 153 for dequantize + cuBLAS, 8192 x 28672 443 against 526; smaller layers
-#: (4096 x 11008: 126 against 107) keep dequantize + cuBLAS there.
+#: ... and up to WG_BIG_MAX_M rows for layers of at least WG_BIG_WEIGHTS weights: at M = 512 (H200,
+#: ninth session) 8192 x 8192 117 us against 135 for dequantize + cuBLAS, 8192 x 28672 409 against
+#: 469; smaller layers keep dequantize + cuBLAS there (4096 x 11008: 113 against 94; 11008 x 4096
+#: and 4096 x 4096 even or slower).
 WG_BIG_MAX_M = 512
 WG_BIG_WEIGHTS = 64 << 20
 #: ... and, in 256 x 64 blocks (kernels.cuda_wgmma.default_plan), for WG_SMALL_MIN_M <= M <=
