@@ -51,3 +51,25 @@ def test_gpu_quant_linear_compiles_on_cuda(bits):
         ref = quant_mlp(300, 264, 200, bits, 32)(x.float().cpu())
         got = model(x).float().cpu()
     assert float((got - ref).norm() / ref.norm()) <= 2e-2
+
+
+def test_decode_benchmark_compiles_a_quantized_llama_on_cpu(tmp_path):
+    """tools/bench_decode_gpu.py --tiny on the CPU: the torch.compile'd decode step of a Llama with
+    QuantLinears gives the eager step's logits (the script's smoke test, not a timing)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "tools" / "bench_decode_gpu.py"
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    proc = subprocess.run([sys.executable, str(script), "--tiny", "--device", "cpu", "--compile", "--bits", "4",
+                           "--new", "4"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [r["variant"] for r in rows] == ["fp32", "w4g128"]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["compiled_step_logits_rel_err"] <= 1e-4
+        assert r["compiled_vs_eager_token_match"] == 1.0 and r["hf_vs_static_token_match"] == 1.0

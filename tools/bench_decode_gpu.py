@@ -137,10 +137,13 @@ def decode_static(model, prompt, new, device, graph: bool, compiled: bool = Fals
     def step():
         return fwd(ids, pos)
 
+    step_err = None
     if compiled:  # compile before timing (writes cache slot P, rewritten by the first timed step)
         ids.copy_(tok)
         pos.fill_(P)
-        step()
+        got = step().float()
+        ref = dec.forward(ids, pos).float()
+        step_err = float((got - ref).norm() / ref.norm())  # compiled vs eager logits of one step
     if graph:
         ids.copy_(tok)
         pos.fill_(P)
@@ -166,7 +169,7 @@ def decode_static(model, prompt, new, device, graph: bool, compiled: bool = Fals
         tok = logits.argmax(-1)
         toks.append(tok)
     sync(device)
-    return torch.cat(toks, 1), (new - 1) / (time.perf_counter() - t0), prefill_ms
+    return torch.cat(toks, 1), (new - 1) / (time.perf_counter() - t0), prefill_ms, step_err
 
 
 def weight_bytes(model) -> int:
@@ -220,18 +223,18 @@ def main() -> None:
         row = {"variant": name, "weight_MB": weight_bytes(model) / 1e6, "build_s": round(build_s, 1)}
         try:
             for _ in range(2):  # first call: kernel loads, repacks, allocator warm-up
-                toks_s, tps_s, prefill_ms = decode_static(model, prompt, args.new, device, graph=False)
+                toks_s, tps_s, prefill_ms, _ = decode_static(model, prompt, args.new, device, graph=False)
             row["static_eager_tok_s"], row["prefill_ms"] = tps_s, prefill_ms
             toks_h, tps_h = decode_hf(model, prompt, args.new, device)
             row["hf_eager_tok_s"] = tps_h
             row["hf_vs_static_token_match"] = float((toks_h == toks_s).float().mean())
             if use_graph:
-                toks_g, tps_g, _ = decode_static(model, prompt, args.new, device, graph=True)
+                toks_g, tps_g, _, _ = decode_static(model, prompt, args.new, device, graph=True)
                 row["static_graph_tok_s"] = tps_g
                 row["graph_vs_eager_token_match"] = float((toks_g == toks_s).float().mean())
             if args.compile:
-                toks_c, tps_c, _ = decode_static(model, prompt, args.new, device, graph=use_graph, compiled=True)
-                row["compiled_tok_s"] = tps_c
+                toks_c, tps_c, _, err = decode_static(model, prompt, args.new, device, graph=use_graph, compiled=True)
+                row["compiled_tok_s"], row["compiled_step_logits_rel_err"] = tps_c, err
                 row["compiled_vs_eager_token_match"] = float((toks_c == toks_s).float().mean())
             if ref_tokens is None:
                 ref_tokens = toks_s
@@ -270,6 +273,10 @@ def main() -> None:
               + f"{r['prefill_ms']:>10.1f} {r['token_match_vs_fp16']:>6.2f}")
     print("tokens/s of the new tokens; 'x fp16' = the column's speed over fp16's; 'match' = greedy tokens equal to"
           " fp16's" + ("; compiled = torch.compile'd step (+ CUDA graph on a GPU)" if args.compile else ""))
+    if args.compile:
+        errs = ", ".join(f"{r['variant']} {r['compiled_step_logits_rel_err']:.1e}" for r in rows
+                         if r.get("compiled_step_logits_rel_err") is not None)
+        print(f"compiled vs eager logits of one step (||c - e|| / ||e||): {errs}")
 
 
 if __name__ == "__main__":
