@@ -73,12 +73,6 @@
 #ifndef WG_X_ONE_ISSUER
 #define WG_X_ONE_ISSUER 1
 #endif
-// Profiling only, not yet measured: WG_RASTER=1 hands the clusters, in launch order, all row blocks
-// of one column block before the next column block (the row blocks then read the same weights at
-// about the same time, from L2), instead of all column blocks of one row block first.
-#ifndef WG_RASTER
-#define WG_RASTER 0
-#endif
 // Profiling only (tools/probe_wgmma.py --variants): WG_NC_PREFETCH=1 loads the WR tiles' next
 // unit with read-only (.nc) loads, as before; ptxas then sinks them to the unit's last k-steps,
 // which leaves one k-step, not seven, to hide their DRAM latency (tools/sass_wgmma.py shows it).
@@ -311,13 +305,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wg = warp >> 2, wq = warp & 3;
     const int g = lane >> 2, t = lane & 3;
-#if WG_RASTER  // clusters in launch order take the row blocks of one column block first
-    const int cid = blockIdx.y * (gridDim.x / CN) + blockIdx.x / CN;
-    const int bx = (cid / gridDim.y) * CN + blockIdx.x % CN, by = cid % gridDim.y;
-#else
-    const int bx = blockIdx.x, by = blockIdx.y;
-#endif
-    const int nt0 = nt_lo + bx * (C::BN / 16), m0 = by * BM;
+    const int nt0 = nt_lo + blockIdx.x * (C::BN / 16), m0 = blockIdx.y * BM;
     const int z = blockIdx.z;
     const int u_begin = (int)((long long)NU * z / split), u_end = (int)((long long)NU * (z + 1) / split);
     const int iters = u_end - u_begin;
