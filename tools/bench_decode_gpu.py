@@ -2,6 +2,7 @@
 
     python tools/bench_decode_gpu.py                 # hidden 2048, 16 layers, 32 prompt + 128 new tokens
     python tools/bench_decode_gpu.py --tiny --device cpu   # smoke test of the script itself
+    python tools/bench_decode_gpu.py --compile --profile 8  # + where a compiled step's time goes
 
 The model is a randomly initialised transformers LlamaForCausalLM (quantization quality is
 irrelevant for speed). Quantized variants replace every Linear but lm_head by a QuantLinear of
@@ -121,8 +122,40 @@ def decode_hf(model, prompt, new, device):
     return torch.cat(toks, 1), (new - 1) / (time.perf_counter() - t0)
 
 
+def profile_steps(step, n: int, device) -> dict:
+    """Kernels of n calls of `step` (launched one by one, no graph) under torch.profiler: per
+    token, the kernel count and GPU time of each kernel name (on the CPU: each op's self time)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    step()  # warm
+    sync(device)
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step()
+        sync(device)
+    per: dict[str, list[float]] = {}
+    for e in prof.events():
+        if cuda and e.device_type == DeviceType.CUDA:
+            us = e.time_range.elapsed_us()
+        elif not cuda and e.device_type == DeviceType.CPU:
+            us = e.self_cpu_time_total
+        else:
+            continue
+        c = per.setdefault(e.name, [0, 0.0])
+        c[0], c[1] = c[0] + 1, c[1] + us
+    rows = sorted(((name, c / n, us / n) for name, (c, us) in per.items()), key=lambda r: -r[2])
+    return {"unit": "kernels" if cuda else "ops (self CPU time)", "kernels_per_token": sum(r[1] for r in rows),
+            "kernel_us_per_token": sum(r[2] for r in rows),
+            "top": [{"name": name, "per_token": c, "us_per_token": round(us, 2)} for name, c, us in rows[:15]]}
+
+
 @torch.no_grad()
-def decode_static(model, prompt, new, device, graph: bool, compiled: bool = False):
+def decode_static(model, prompt, new, device, graph: bool, compiled: bool = False, profile: int = 0):
+    """(tokens, tokens/s, prefill ms, compiled-vs-eager logits error of one step or None,
+    `profile_steps` of `profile` steps or None)."""
     P = prompt.shape[1]
     dec = StaticDecoder(model, P + new)
     fwd = torch.compile(dec.forward, dynamic=False) if compiled else dec.forward
@@ -169,7 +202,9 @@ def decode_static(model, prompt, new, device, graph: bool, compiled: bool = Fals
         tok = logits.argmax(-1)
         toks.append(tok)
     sync(device)
-    return torch.cat(toks, 1), (new - 1) / (time.perf_counter() - t0), prefill_ms, step_err
+    tok_s = (new - 1) / (time.perf_counter() - t0)
+    prof = profile_steps(step, profile, device) if profile else None  # rewrites the last cache slot
+    return torch.cat(toks, 1), tok_s, prefill_ms, step_err, prof
 
 
 def weight_bytes(model) -> int:
@@ -199,6 +234,8 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="*", default=[4, 3])
     ap.add_argument("--tiny", action="store_true", help="tiny model (smoke test)")
     ap.add_argument("--compile", action="store_true", help="also time the step through torch.compile")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="with --compile: kernels of that many compiled steps (torch.profiler, no graph)")
     args = ap.parse_args()
     if args.tiny:
         args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab = 128, 2, 256, 4, 2, 500
@@ -223,18 +260,21 @@ def main() -> None:
         row = {"variant": name, "weight_MB": weight_bytes(model) / 1e6, "build_s": round(build_s, 1)}
         try:
             for _ in range(2):  # first call: kernel loads, repacks, allocator warm-up
-                toks_s, tps_s, prefill_ms, _ = decode_static(model, prompt, args.new, device, graph=False)
+                toks_s, tps_s, prefill_ms, _, _ = decode_static(model, prompt, args.new, device, graph=False)
             row["static_eager_tok_s"], row["prefill_ms"] = tps_s, prefill_ms
             toks_h, tps_h = decode_hf(model, prompt, args.new, device)
             row["hf_eager_tok_s"] = tps_h
             row["hf_vs_static_token_match"] = float((toks_h == toks_s).float().mean())
             if use_graph:
-                toks_g, tps_g, _, _ = decode_static(model, prompt, args.new, device, graph=True)
+                toks_g, tps_g, _, _, _ = decode_static(model, prompt, args.new, device, graph=True)
                 row["static_graph_tok_s"] = tps_g
                 row["graph_vs_eager_token_match"] = float((toks_g == toks_s).float().mean())
             if args.compile:
-                toks_c, tps_c, _, err = decode_static(model, prompt, args.new, device, graph=use_graph, compiled=True)
+                toks_c, tps_c, _, err, prof = decode_static(model, prompt, args.new, device, graph=use_graph,
+                                                            compiled=True, profile=args.profile)
                 row["compiled_tok_s"], row["compiled_step_logits_rel_err"] = tps_c, err
+                if prof:
+                    row["profile"] = prof
                 row["compiled_vs_eager_token_match"] = float((toks_c == toks_s).float().mean())
             if ref_tokens is None:
                 ref_tokens = toks_s
@@ -273,6 +313,15 @@ def main() -> None:
               + f"{r['prefill_ms']:>10.1f} {r['token_match_vs_fp16']:>6.2f}")
     print("tokens/s of the new tokens; 'x fp16' = the column's speed over fp16's; 'match' = greedy tokens equal to"
           " fp16's" + ("; compiled = torch.compile'd step (+ CUDA graph on a GPU)" if args.compile else ""))
+    for r in rows:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        print(f"\n{r['variant']}: compiled step, per token {prof['kernels_per_token']:.0f} {prof['unit']} taking "
+              f"{prof['kernel_us_per_token']:.0f} us in all (timed loop: {1e6 / r['compiled_tok_s']:.0f} us per token);"
+              " largest:")
+        for k in prof["top"]:
+            print(f"  {k['us_per_token']:>8.1f} us {k['per_token']:>5.0f}x  {k['name'][:100]}")
     if args.compile:
         errs = ", ".join(f"{r['variant']} {r['compiled_step_logits_rel_err']:.1e}" for r in rows
                          if r.get("compiled_step_logits_rel_err") is not None)
