@@ -102,7 +102,7 @@ from .cuda_plan import (  # noqa: F401  (re-exported)
 )
 from .reference import packed_rows, unpack_codes, unpack_zeros  # noqa: F401
 
-SOURCES = ("gptq_cuda.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as one, in this order
+SOURCES = ("gptq_cuda.cu", "gptq_small.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as one, in this order
 #: `quant_matmul(path="auto")` runs the fused tensor-core GEMM (`qgemm_mma`, kernels/cuda_mma.py) for
 #: MMA_MIN_M <= M <= MMA_MAX_M with these bits; below, the small-M kernel; above (or other bits past
 #: MAX_FUSED_M), dequantize + cuBLAS. Measured on an H100 (docs/gpu-results.md), 4 and 3 bits:
@@ -179,7 +179,7 @@ def cuda_available() -> str | None:
 
 
 def function(name: str):
-    """The compiled kernel `name` (a name expression of gptq_cuda.cu) on the current device."""
+    """The compiled kernel `name` (a name expression of the SOURCES) on the current device."""
     cp = _cupy()
     key = (cp.cuda.runtime.getDevice(), name)
     fn = _functions.get(key)

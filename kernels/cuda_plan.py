@@ -39,7 +39,7 @@ def small_params(name: str) -> dict | None:
 
 
 def red_bytes(mt: int, nt: int, cs: int = 1) -> int:
-    """Static shared memory of the fused kernel's reduction (RedCfg in gptq_cuda.cu)."""
+    """Static shared memory of the fused kernel's reduction (RedCfg in gptq_small.cu)."""
     tile = 8 * mt * 16 * nt * 4
     return (THREADS // 32) * tile + (tile if cs > 1 else 0) if mt <= 2 else tile
 
