@@ -79,3 +79,18 @@ def save_tiny_model(model: torch.nn.Module, tokenizer: Any | None, path: str | o
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def cuda():
+    """torch.device("cuda") where CuPy and PyTorch both reach a CUDA GPU; else the test is skipped
+    with the reason (CI has no GPU: the gpu-marked tests run on the device tool's H100 / H200)."""
+    pytest.importorskip("cupy")
+    from gptq_export.kernels.cuda import cuda_available
+
+    reason = cuda_available()
+    if reason:
+        pytest.skip(reason)
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA device")
+    return torch.device("cuda")

@@ -14,19 +14,6 @@ from test_api import CALIB, tiny_model
 import gptq_export as gx
 
 
-@pytest.fixture(scope="module")
-def cuda():
-    pytest.importorskip("cupy")
-    from gptq_export.kernels.cuda import cuda_available
-
-    reason = cuda_available()
-    if reason:
-        pytest.skip(reason)
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch has no CUDA device")
-    return torch.device("cuda")
-
-
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))

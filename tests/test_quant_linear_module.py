@@ -37,15 +37,9 @@ def test_quant_linear_compiles_on_cpu():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", [4, 3])
-def test_gpu_quant_linear_compiles_on_cuda(bits):
-    pytest.importorskip("cupy")
-    from gptq_export.kernels.cuda import cuda_available
-
-    if cuda_available() or not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    dev = torch.device("cuda")
-    model = quant_mlp(300, 264, 200, bits, 32).to(dev, torch.float16)
-    x = torch.randn(3, 5, 300, generator=torch.Generator().manual_seed(1)).to(dev, torch.float16)
+def test_gpu_quant_linear_compiles_on_cuda(cuda, bits):
+    model = quant_mlp(300, 264, 200, bits, 32).to(cuda, torch.float16)
+    x = torch.randn(3, 5, 300, generator=torch.Generator().manual_seed(1)).to(cuda, torch.float16)
     compiled_matches_eager(model, x, 1e-2)  # fp16: the compiled GELU rounds differently
     with torch.no_grad():  # and the eager CUDA path agrees with the CPU reference
         ref = quant_mlp(300, 264, 200, bits, 32)(x.float().cpu())
