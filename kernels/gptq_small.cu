@@ -92,6 +92,35 @@ __device__ __forceinline__ void decode_a(u32 (&a)[4], const u32 (&w)[Fmt<BITS>::
     }
 }
 
+// n-tile order of a unit with NT > 1. "n-tile outer": all k-steps of n-tile 0, then of n-tile 1,
+// ..., the next unit's words of an n-tile loaded as soon as that n-tile is done, so a warp's next
+// loads overlap the rest of its compute; "k-step outer": every n-tile per k-step (one x fragment
+// for all), the next unit loaded after the whole unit. SMALL_NT_OUTER = -1 (default): n-tile
+// outer for staged x and MT = 1 (H100, 3-bit 8192 x 28672, M = 1: 38.6 -> 37.8 us; with x read
+// from global memory, which preloads it per unit, k-step outer is faster: 4-bit 44.8 against
+// 48.1 us; docs/gpu-results.md, tenth session); 0 / 1: always k-step / n-tile outer (probes).
+// Probes (tools/probe_gemv.py compiles with -D...): SMALL_ABLATE = 1 skips the weight decode (raw
+// words into the mma), 2 the scale/zero loads (constants); both for timing only.
+#ifndef SMALL_NT_OUTER
+#define SMALL_NT_OUTER -1
+#endif
+#ifndef SMALL_ABLATE
+#define SMALL_ABLATE 0
+#endif
+
+// A compile-time int (loops over register-array indices).
+template <int V>
+struct IC {
+    static constexpr int value = V;
+};
+template <int I, int N, class F>
+__device__ __forceinline__ void static_for(F&& f) {
+    if constexpr (I < N) {
+        f(IC<I>{});
+        static_for<I + 1, N>(f);
+    }
+}
+
 // Static shared memory of the reduction (bytes; kernels/cuda.py mirrors it): MT <= 2: every
 // warp's partial tile at once (one barrier); MT >= 4: one tile, warps added in turn.
 template <int MT, int NT, int CS>
@@ -163,18 +192,25 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
     u32 wb[PD][NT][WPU];
     u32 sb[PD][NT][NGU][2];
 
-    auto load_slot = [&](u32 (&ws)[NT][WPU], u32 (&ss)[NT][NGU][2], int u) {
-        const int gu = GSTC < 8 ? u * NGU : (ushift >= 0 ? u >> ushift : u / upg);
+    // Unit u (of group row gu) of n-tile nt0 + nt: its words and scale/zero words.
+    auto load_tile = [&](u32 (&w)[WPU], u32 (&sw)[NGU][2], int u, int gu, int nt) {
+        load_unit<BITS>(w, qw + ((size_t)(nt0 + nt) * NU + u) * (32 * WPU), lane);
+        const u32* szp = sz + (size_t)gu * Np + (nt0 + nt) * 16 + g;
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            load_unit<BITS>(ws[nt], qw + ((size_t)(nt0 + nt) * NU + u) * (32 * WPU), lane);
-            const u32* szp = sz + (size_t)gu * Np + (nt0 + nt) * 16 + g;
-#pragma unroll
-            for (int gi = 0; gi < NGU; ++gi) {
-                ss[nt][gi][0] = ld_nc(szp + (size_t)gi * Np);
-                ss[nt][gi][1] = ld_nc(szp + (size_t)gi * Np + 8);
+        for (int gi = 0; gi < NGU; ++gi) {
+            if constexpr (SMALL_ABLATE == 2) {
+                sw[gi][0] = 0x64003C00u; sw[gi][1] = 0x64003C00u;
+            } else {
+                sw[gi][0] = ld_nc(szp + (size_t)gi * Np);
+                sw[gi][1] = ld_nc(szp + (size_t)gi * Np + 8);
             }
         }
+    };
+    auto group_of = [&](int u) { return GSTC < 8 ? u * NGU : (ushift >= 0 ? u >> ushift : u / upg); };
+    auto load_slot = [&](u32 (&ws)[NT][WPU], u32 (&ss)[NT][NGU][2], int u) {
+        const int gu = group_of(u);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) load_tile(ws[nt], ss[nt], u, gu, nt);
     };
 
     // Weights of the first PD units of this warp first: their DRAM latency overlaps the staging.
@@ -225,7 +261,10 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         __syncthreads();
     }
 
-    auto compute_unit = [&](const u32 (&ws)[NT][WPU], const u32 (&ss)[NT][NGU][2], int u) {
+    // Unit u: every n-tile (ntc = IC<-1>), or only n-tile ntc::value.
+    auto compute_unit = [&](const u32 (&ws)[NT][WPU], const u32 (&ss)[NT][NGU][2], int u, auto ntc) {
+        constexpr int NT_LO = decltype(ntc)::value < 0 ? 0 : decltype(ntc)::value;
+        constexpr int NT_HI = decltype(ntc)::value < 0 ? NT : decltype(ntc)::value + 1;
         u32 xr[XPRE ? MT : 1][16];
         if constexpr (XPRE) {
 #pragma unroll
@@ -288,10 +327,15 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
                 }
             };
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
+            for (int nt = NT_LO; nt < NT_HI; ++nt) {
                 const u32 zz0 = prmt(ss[nt][gi][0], 0x3232u), zz1 = prmt(ss[nt][gi][1], 0x3232u);
                 u32 a[4];
-                decode_a<BITS>(a, ws[nt], ts, zz0, zz1, BITS == 4 ? neg64z(ss[nt][gi][1]) : 0u);
+                if constexpr (SMALL_ABLATE == 1) {
+#pragma unroll
+                    for (int pr = 0; pr < 4; ++pr) a[pr] = ws[nt][(ts * 4 + pr) % WPU] ^ zz0;
+                } else {
+                    decode_a<BITS>(a, ws[nt], ts, zz0, zz1, BITS == 4 ? neg64z(ss[nt][gi][1]) : 0u);
+                }
                 if constexpr (SCALE_A) {
                     const u32 sc0 = prmt(ss[nt][gi][0], 0x1010u), sc1 = prmt(ss[nt][gi][1], 0x1010u);
 #pragma unroll
@@ -308,7 +352,7 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
             if constexpr (!SCALE_A) {
                 if ((GSTC < 8 && (ts + 1) % GSTC == 0) || (GSTC == 8 && ts == 7)) {
 #pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) {
+                    for (int nt = NT_LO; nt < NT_HI; ++nt) {
                         const float s0 = h2f(ss[nt][gi][0]), s1 = h2f(ss[nt][gi][1]);
 #pragma unroll
                         for (int mt = 0; mt < MT; ++mt) {
@@ -327,9 +371,18 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         for (int i = 0; i < PD; ++i) {
             const int u = ub + i * WARPS;
             if (u < u_hi) {
-                compute_unit(wb[i], sb[i], u);
                 const int un = u + PD * WARPS;
-                if (un < u_hi) load_slot(wb[i], sb[i], un);
+                if constexpr (NT > 1 && (SMALL_NT_OUTER == 1 || (SMALL_NT_OUTER < 0 && XS != 0 && MT == 1))) {
+                    const int gn = group_of(un);
+                    static_for<0, NT>([&](auto ntc) {
+                        constexpr int nt = decltype(ntc)::value;
+                        compute_unit(wb[i], sb[i], u, ntc);
+                        if (un < u_hi) load_tile(wb[i][nt], sb[i][nt], un, gn, nt);
+                    });
+                } else {
+                    compute_unit(wb[i], sb[i], u, IC<-1>{});
+                    if (un < u_hi) load_slot(wb[i], sb[i], un);
+                }
             }
         }
     }
