@@ -22,7 +22,8 @@
 //       row: one block = 8 warps x (16*NT outputs, all of K); warps split the K' units (warp w
 //       takes units w, w+8, ...), stream their weights with no-L1-allocate 16-byte loads, PD
 //       units ahead in registers (x staged once per block in shared memory with XS = 1; OCC =
-//       blocks per SM the registers are capped for);
+//       blocks per SM the registers are capped for; with XS = 1, MT = 1 and NT > 1 a unit's
+//       n-tiles are done one after another, each n-tile's next unit loaded as soon as it is done);
 //       tensor-core mma.m16n8k16 (fp16 in, fp32 accumulate) per k-step with W^T as A and
 //       x^T as B (so M=1..8 wastes only the B columns), group scale applied in fp32 when a group
 //       ends; the 8 warps' partial tiles are added through shared memory in a fixed order
