@@ -3,12 +3,13 @@ of macros, its error against dequantize + cuBLAS and its time (CUDA-event median
 enough weight copies to defeat L2, as tools/bench_kernels.py), next to fp16 cuBLAS and two plain
 reads of the same bytes (torch.sum; a 16-byte-load read kernel).
 
-    python tools/probe_gemv.py K N [M] [--bits 3,4] [--configs NT:OCC:XS:PD,...] [--defines base,SMALL_ASYNC=3,...]
+    python tools/probe_gemv.py K N [M] [--bits 3,4] [--configs NT:OCC:XS:PD,...] [--defines base,SMALL_NT_OUTER=0,...]
 
 A configuration NT:OCC:XS:PD is qgemm_small<bits, 1, NT, 8, XS, OCC, PD> (groups of 128; PD 0 =
-the kernel's default; `def` = the default plan). Macros ('+' joins several; base = none):
-SMALL_ASYNC=S (weights through a ring of S cp.async stages per warp in shared memory),
-SMALL_ABLATE=1 (no weight decode) or 2 (no scale/zero loads): the last two for timing only.
+the kernel's default; `def` = the default plan). Macros ('+' joins several; base = none; see
+kernels/gptq_small.cu): SMALL_NT_OUTER=0 / 1 (the unit's n-tiles k-step by k-step / one after
+another), SMALL_ABLATE=1 (no weight decode) or 2 (no scale/zero loads), the last two for timing
+only (their errors are meaningless).
 """
 
 from __future__ import annotations
@@ -143,10 +144,8 @@ def main() -> None:
             name = kc.small_kernel_name(bits, 1, nt, lay.gstc, bool(xs), occ, pd)
             row = []
             for defines in args.defines.split(","):
-                stages = next((int(d.split("=")[1]) for d in defines.split("+") if d.startswith("SMALL_ASYNC=")), 0)
                 fn = cp.RawModule(code=kc.source(), name_expressions=(name,), options=_options(kc, defines)).get_function(name)
-                ring = 8 * stages * nt * (32 * kc.WORDS_PER_UNIT[bits] + 64) * 4
-                smem = (M * (lay.Kp + 8) * 2 if xs else 0) + ring
+                smem = M * (lay.Kp + 8) * 2 if xs else 0
                 if smem > 48 * 1024:
                     fn.max_dynamic_shared_size_bytes = smem
                 grid = (lay.Np // (16 * nt), -(-M // 8))
