@@ -59,13 +59,20 @@ def test_decode_benchmark_compiles_a_quantized_llama_on_cpu(tmp_path):
     script = Path(__file__).resolve().parents[1] / "tools" / "bench_decode_gpu.py"
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     proc = subprocess.run([sys.executable, str(script), "--tiny", "--device", "cpu", "--compile", "--bits", "4",
-                           "--new", "4", "--profile", "2"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+                           "--new", "4", "--profile", "2", "--fuse"], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert [r["variant"] for r in rows] == ["fp32", "w4g128"]
-    for r in rows:
+    rows = {r["variant"]: r for r in (json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{"))}
+    assert list(rows) == ["fp32", "fp32 fused", "w4g128", "w4g128 fused"]
+    for r in rows.values():
         assert "error" not in r, r
         assert r["compiled_step_logits_rel_err"] <= 1e-4
         assert r["compiled_vs_eager_token_match"] == 1.0 and r["hf_vs_static_token_match"] == 1.0
         assert r["profile"]["kernels_per_token"] > 0 and r["profile"]["top"]
-    assert any(k["name"] == "gptq_export::quant_linear" for k in rows[1]["profile"]["top"])  # the op, not a break
+    for name in ("w4g128", "w4g128 fused"):  # the op, not a graph break
+        assert any(k["name"] == "gptq_export::quant_linear" for k in rows[name]["profile"]["top"])
+    assert rows["fp32 fused"]["token_match_vs_fp16"] == 1.0  # fusing changes no token
+    assert rows["w4g128 fused"]["token_match_vs_fp16"] == rows["w4g128"]["token_match_vs_fp16"]
+    quant_calls = {n: next(k["per_token"] for k in rows[n]["profile"]["top"] if k["name"] == "gptq_export::quant_linear")
+                   for n in ("w4g128", "w4g128 fused")}
+    assert quant_calls == {"w4g128": 14, "w4g128 fused": 8}  # 2 layers x 7 Linears; q/k/v and gate/up as one each

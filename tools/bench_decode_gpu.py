@@ -3,10 +3,13 @@
     python tools/bench_decode_gpu.py                 # hidden 2048, 16 layers, 32 prompt + 128 new tokens
     python tools/bench_decode_gpu.py --tiny --device cpu   # smoke test of the script itself
     python tools/bench_decode_gpu.py --compile --profile 8  # + where a compiled step's time goes
+    python tools/bench_decode_gpu.py --compile --fuse  # + each variant with q/k/v and gate/up fused
 
 The model is a randomly initialised transformers LlamaForCausalLM (quantization quality is
 irrelevant for speed). Quantized variants replace every Linear but lm_head by a QuantLinear of
-its RTN-quantized weight (gptq_export.gptq.rtn_quantize + pack.pack_linear, group 128).
+its RTN-quantized weight (gptq_export.gptq.rtn_quantize + pack.pack_linear, group 128). With
+--fuse each variant also runs with the Linears that read one tensor fused into one module
+(gptq_export.fuse_linears.fuse_shared_input: one kernel for q/k/v, one for gate/up).
 
 Three decode loops per variant, each timing the new tokens after a 32-token prefill:
   hf-eager     transformers forward with its DynamicCache, one call per token (use_cache=True);
@@ -236,6 +239,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time the step through torch.compile")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="with --compile: kernels of that many compiled steps (torch.profiler, no graph)")
+    ap.add_argument("--fuse", action="store_true",
+                    help="also time each variant with the Linears that read one tensor fused (q/k/v, gate/up: "
+                         "gptq_export.fuse_linears)")
     args = ap.parse_args()
     if args.tiny:
         args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab = 128, 2, 256, 4, 2, 500
@@ -251,11 +257,18 @@ def main() -> None:
     prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=gen).to(device)
 
     variants = [("fp16" if device.type == "cuda" else "fp32", None)] + [(f"w{b}g{args.group}", b) for b in args.bits]
+    variants = [(n, b, fused) for n, b in variants for fused in ((False, True) if args.fuse else (False,))]
     rows = []
     ref_tokens = None
-    for name, bits in variants:
+    for name, bits, fused in variants:
         t = time.perf_counter()
-        model = base if bits is None else quantize_model(base, bits, args.group)[0]
+        model = (copy.deepcopy(base) if fused else base) if bits is None else quantize_model(base, bits, args.group)[0]
+        if fused:
+            from gptq_export.fuse_linears import fuse_shared_input
+
+            report = fuse_shared_input(model, input_ids=prompt[:, :4])
+            name = f"{name} fused"
+            print(f"{name}: {len(report.groups)} runs of Linears fused, {len(report.skipped)} left apart", flush=True)
         build_s = time.perf_counter() - t
         row = {"variant": name, "weight_MB": weight_bytes(model) / 1e6, "build_s": round(build_s, 1)}
         try:
@@ -283,7 +296,7 @@ def main() -> None:
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
-        if bits is not None:
+        if bits is not None or fused:
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -300,15 +313,15 @@ def main() -> None:
         v, b = r.get(key), base_row.get(key)
         return (f"{v:.1f}" if v else "n/a", f"{v / b:.2f}x" if v and b else "n/a")
 
-    print(f"{'variant':<10} {'weights MB':>10} {'hf-eager':>9} {'static':>9} {'graph':>9} {'x fp16':>7} "
+    print(f"{'variant':<14} {'weights MB':>10} {'hf-eager':>9} {'static':>9} {'graph':>9} {'x fp16':>7} "
           + (f"{'compiled':>9} {'x fp16':>7} " if args.compile else "") + f"{'prefill ms':>10} {'match':>6}")
     for r in rows:
         if "error" in r:
-            print(f"{r['variant']:<10} ERROR {r['error']}")
+            print(f"{r['variant']:<14} ERROR {r['error']}")
             continue
         g, gx = cell(r, "static_graph_tok_s")
         c, cx = cell(r, "compiled_tok_s")
-        print(f"{r['variant']:<10} {r['weight_MB']:>10.0f} {r['hf_eager_tok_s']:>9.1f} {r['static_eager_tok_s']:>9.1f} "
+        print(f"{r['variant']:<14} {r['weight_MB']:>10.0f} {r['hf_eager_tok_s']:>9.1f} {r['static_eager_tok_s']:>9.1f} "
               f"{g:>9} {gx:>7} " + (f"{c:>9} {cx:>7} " if args.compile else "")
               + f"{r['prefill_ms']:>10.1f} {r['token_match_vs_fp16']:>6.2f}")
     print("tokens/s of the new tokens; 'x fp16' = the column's speed over fp16's; 'match' = greedy tokens equal to"
