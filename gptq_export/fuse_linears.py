@@ -58,6 +58,7 @@ class FusedHead(nn.Module):
     def __init__(self, group: _Group):
         super().__init__()
         self.group = group  # registered here (once): parameters / buffers move with .to()
+        self.in_features = group.wide.in_features
         self.out_features = group.widths[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,7 @@ class FusedPart(nn.Module):
         super().__init__()
         object.__setattr__(self, "_group", group)  # not a submodule: the head owns it
         self.index = index
+        self.in_features = group.wide.in_features
         self.out_features = group.widths[index]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +128,7 @@ def _wide_module(mods: list[nn.Module]) -> nn.Module:
     if isinstance(m0, QuantLinear):
         like = next((m.bias for m in mods if m.bias is not None), m0.scales).detach()
         wide = QuantLinear(concat_packed([_packed_of(m) for m in mods]), _bias(mods, like.cpu()))
-        return wide.to(m0.qweight.device)
+        return wide.to(device=m0.qweight.device, dtype=m0.scales.dtype)  # the members' scale dtype
     w0 = m0.weight
     wide = nn.Linear(m0.in_features, sum(m.out_features for m in mods), bias=any(m.bias is not None for m in mods),
                      device=w0.device, dtype=w0.dtype)
@@ -164,7 +166,8 @@ def _record_runs(model: nn.Module, args, kwargs) -> tuple[list[list[str]], set[s
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, nn.Linear | QuantLinear):
-            hooks.append(m.register_forward_pre_hook(lambda mod, inp, name=name: calls.append((name, inp[0]))))
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, inp, name=name: calls.append((name, inp[0] if inp else None))))
     try:
         with torch.no_grad():
             model(*args, **kwargs)
@@ -176,7 +179,7 @@ def _record_runs(model: nn.Module, args, kwargs) -> tuple[list[list[str]], set[s
         counts[name] = counts.get(name, 0) + 1
     runs: list[list[str]] = []
     prev = None
-    for name, x in calls:
+    for name, x in calls:  # (x None: called with keyword arguments only, a run of its own)
         if prev is not None and x is prev:
             runs[-1].append(name)
         else:
