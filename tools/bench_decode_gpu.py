@@ -242,6 +242,8 @@ def main() -> None:
     ap.add_argument("--fuse", action="store_true",
                     help="also time each variant with the Linears that read one tensor fused (q/k/v, gate/up: "
                          "gptq_export.fuse_linears)")
+    ap.add_argument("--only", nargs="+", metavar="VARIANT",
+                    help="run only these variants, e.g. w4g128 'w4g128 fused' (the first is the ratios' base)")
     args = ap.parse_args()
     if args.tiny:
         args.hidden, args.layers, args.intermediate, args.heads, args.kv_heads, args.vocab = 128, 2, 256, 4, 2, 500
@@ -257,7 +259,13 @@ def main() -> None:
     prompt = torch.randint(0, args.vocab, (1, args.prompt), generator=gen).to(device)
 
     variants = [("fp16" if device.type == "cuda" else "fp32", None)] + [(f"w{b}g{args.group}", b) for b in args.bits]
-    variants = [(n, b, fused) for n, b in variants for fused in ((False, True) if args.fuse else (False,))]
+    variants = [(n + (" fused" if fused else ""), b, fused) for n, b in variants
+                for fused in ((False, True) if args.fuse else (False,))]
+    if args.only:
+        unknown = sorted(set(args.only) - {n for n, _, _ in variants})
+        if unknown:
+            ap.error(f"--only: no variant {', '.join(unknown)} (have: {', '.join(n for n, _, _ in variants)})")
+        variants = [v for v in variants if v[0] in args.only]
     rows = []
     ref_tokens = None
     for name, bits, fused in variants:
@@ -267,7 +275,6 @@ def main() -> None:
             from gptq_export.fuse_linears import fuse_shared_input
 
             report = fuse_shared_input(model, input_ids=prompt[:, :4])
-            name = f"{name} fused"
             print(f"{name}: {len(report.groups)} runs of Linears fused, {len(report.skipped)} left apart", flush=True)
         build_s = time.perf_counter() - t
         row = {"variant": name, "weight_MB": weight_bytes(model) / 1e6, "build_s": round(build_s, 1)}
@@ -313,8 +320,10 @@ def main() -> None:
         v, b = r.get(key), base_row.get(key)
         return (f"{v:.1f}" if v else "n/a", f"{v / b:.2f}x" if v and b else "n/a")
 
-    print(f"{'variant':<14} {'weights MB':>10} {'hf-eager':>9} {'static':>9} {'graph':>9} {'x fp16':>7} "
-          + (f"{'compiled':>9} {'x fp16':>7} " if args.compile else "") + f"{'prefill ms':>10} {'match':>6}")
+    base_name = base_row["variant"]
+    xb = "x fp16" if base_name in ("fp16", "fp32") else "x 1st"
+    print(f"{'variant':<14} {'weights MB':>10} {'hf-eager':>9} {'static':>9} {'graph':>9} {xb:>7} "
+          + (f"{'compiled':>9} {xb:>7} " if args.compile else "") + f"{'prefill ms':>10} {'match':>6}")
     for r in rows:
         if "error" in r:
             print(f"{r['variant']:<14} ERROR {r['error']}")
@@ -324,8 +333,8 @@ def main() -> None:
         print(f"{r['variant']:<14} {r['weight_MB']:>10.0f} {r['hf_eager_tok_s']:>9.1f} {r['static_eager_tok_s']:>9.1f} "
               f"{g:>9} {gx:>7} " + (f"{c:>9} {cx:>7} " if args.compile else "")
               + f"{r['prefill_ms']:>10.1f} {r['token_match_vs_fp16']:>6.2f}")
-    print("tokens/s of the new tokens; 'x fp16' = the column's speed over fp16's; 'match' = greedy tokens equal to"
-          " fp16's" + ("; compiled = torch.compile'd step (+ CUDA graph on a GPU)" if args.compile else ""))
+    print(f"tokens/s of the new tokens; '{xb}' = the column's speed over {base_name}'s; 'match' = greedy tokens equal to"
+          f" {base_name}'s" + ("; compiled = torch.compile'd step (+ CUDA graph on a GPU)" if args.compile else ""))
     for r in rows:
         prof = r.get("profile")
         if not prof:
