@@ -6,9 +6,10 @@ One recording forward (pre-hooks on every nn.Linear and QuantLinear) finds the r
 Linear calls on the very same input tensor (q/k/v of an attention block, gate/up of a gated MLP),
 whatever the architecture. Each run of modules of one kind (all nn.Linear of one dtype and device,
 or all QuantLinear with equal bits, group size and g_idx) becomes one wider module, concatenated
-along the outputs: the first module of the run is replaced by a `FusedHead` that computes it and
-keeps the other outputs, the others by `FusedPart`s that return theirs when called on the same
-tensor (and compute it from the wide module otherwise, so results never depend on call order).
+along the outputs: the first module of the run is replaced by a `FusedHead` that computes every
+member's output and keeps the others', the others by `FusedPart`s that return theirs when called
+on the same tensor (and compute it from the wide module otherwise, so results never depend on
+call order).
 On the GPU a decode step then launches one kernel per run instead of one per Linear: a small
 layer's kernel costs a few microseconds whatever its size (docs/gpu-results.md, tenth session).
 
