@@ -21,6 +21,7 @@ layer's kernel costs a few microseconds whatever its size (docs/gpu-results.md, 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,14 +89,25 @@ class FusedPart(nn.Module):
         return g.all_outputs(x)[self.index]
 
 
+def _packed_mismatch(members) -> str | None:
+    """Why packed Linears (PackedLinear or QuantLinear: the same attribute names) cannot be
+    concatenated along the outputs; None when they can."""
+    m0 = members[0]
+    if any(m.in_features != m0.in_features for m in members):
+        return "different input sizes"
+    if any((m.bits, m.group_size) != (m0.bits, m0.group_size) for m in members):
+        return "different bits or group sizes"
+    if any(not torch.equal(m.g_idx, m0.g_idx) for m in members):
+        return "different g_idx (act-order permutations)"
+    return None
+
+
 def concat_packed(parts: list[PackedLinear]) -> PackedLinear:
     """PackedLinears of equal bits, input size, group size and g_idx -> one, outputs concatenated."""
+    why = _packed_mismatch(parts)
+    if why:
+        raise ValueError(f"cannot concatenate these packed Linears: {why}")
     p0 = parts[0]
-    for p in parts[1:]:
-        if (p.bits, p.in_features, p.group_size) != (p0.bits, p0.in_features, p0.group_size):
-            raise ValueError("packed Linears differ in bits, input size or group size")
-        if not torch.equal(p.g_idx, p0.g_idx):
-            raise ValueError("packed Linears differ in g_idx (act-order permutations)")
     zeros = np.concatenate([unpack_zeros(p.qzeros.numpy(), p.bits, p.out_features) for p in parts], axis=1)
     return PackedLinear(
         qweight=torch.cat([p.qweight for p in parts], dim=1).contiguous(),
@@ -145,16 +157,12 @@ def _why_not(mods: list[nn.Module]) -> str | None:
     m0 = mods[0]
     if any(type(m) is not type(m0) for m in mods):
         return "mixed module types"
-    if any(m.in_features != m0.in_features for m in mods):
-        return "different input sizes"
     if isinstance(m0, QuantLinear):
-        if any((m.bits, m.group_size) != (m0.bits, m0.group_size) for m in mods):
-            return "different bits or group sizes"
-        if any(not torch.equal(m.g_idx, m0.g_idx) for m in mods):
-            return "different g_idx (act-order permutations)"
         if any(m.qweight.device != m0.qweight.device for m in mods):
             return "on different devices"
-        return None
+        return _packed_mismatch(mods)
+    if any(m.in_features != m0.in_features for m in mods):
+        return "different input sizes"
     if any((m.weight.dtype, m.weight.device) != (m0.weight.dtype, m0.weight.device) for m in mods):
         return "different dtypes or devices"
     return None
@@ -175,9 +183,7 @@ def _record_runs(model: nn.Module, args, kwargs) -> tuple[list[list[str]], set[s
     finally:
         for h in hooks:
             h.remove()
-    counts: dict[str, int] = {}
-    for name, _ in calls:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(name for name, _ in calls)
     runs: list[list[str]] = []
     prev = None
     for name, x in calls:  # (x None: called with keyword arguments only, a run of its own)

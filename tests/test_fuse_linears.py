@@ -60,6 +60,9 @@ def test_concat_packed_is_the_members_side_by_side():
     assert torch.equal(wide.zeros, torch.cat([q.zeros for q in each], 1))
     assert torch.equal(wide.scales, torch.cat([q.scales for q in each], 1))
     assert torch.equal(wide.g_idx, each[0].g_idx)
+    parts[1].g_idx = parts[1].g_idx.flip(0)
+    with pytest.raises(ValueError, match="different g_idx"):
+        concat_packed(parts)
 
 
 @pytest.mark.parametrize("quantized", [False, True])

@@ -266,11 +266,18 @@ def main() -> None:
         if unknown:
             ap.error(f"--only: no variant {', '.join(unknown)} (have: {', '.join(n for n, _, _ in variants)})")
         variants = [v for v in variants if v[0] in args.only]
+    names = {n for n, _, _ in variants}
     rows = []
     ref_tokens = None
+    kept = None  # (bits, quantized model) kept for its fused variant, which comes next
     for name, bits, fused in variants:
         t = time.perf_counter()
-        model = (copy.deepcopy(base) if fused else base) if bits is None else quantize_model(base, bits, args.group)[0]
+        if bits is None:
+            model = copy.deepcopy(base) if fused else base  # base stays unfused: it is quantized next
+        elif kept is not None and kept[0] == bits:
+            (_, model), kept = kept, None  # fused in place below: quantized once for both rows
+        else:
+            model = quantize_model(base, bits, args.group)[0]
         if fused:
             from gptq_export.fuse_linears import fuse_shared_input
 
@@ -303,6 +310,8 @@ def main() -> None:
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if bits is not None and not fused and f"{name} fused" in names:
+            kept = (bits, model)
         if bits is not None or fused:
             del model
             if device.type == "cuda":
