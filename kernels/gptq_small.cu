@@ -466,8 +466,19 @@ __global__ void __launch_bounds__(THREADS, OCC) qgemm_small(SMALL_PARAMS) {
     small_body<BITS, MT, NT, GSTC, XS, OCC, PD, 1>(SMALL_ARGS);
 }
 
-// Split-K: a cluster of CS blocks per 16*NT outputs, M <= 8.
+// Split-K: a cluster of CS blocks per 16*NT outputs, M <= 8. Clusters need sm_90: built for an
+// older GPU (where the rest of this source must still compile) it only traps, and the launcher
+// refuses cs > 1 there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define SPLIT_CLUSTER_DIMS(cs)
+#else
+#define SPLIT_CLUSTER_DIMS(cs) __cluster_dims__(cs, 1, 1)
+#endif
 template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS>
-__global__ __launch_bounds__(THREADS, OCC) __cluster_dims__(CS, 1, 1) void qgemm_split(SMALL_PARAMS) {
+__global__ __launch_bounds__(THREADS, OCC) SPLIT_CLUSTER_DIMS(CS) void qgemm_split(SMALL_PARAMS) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    __trap();
+#else
     small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS>(SMALL_ARGS);
+#endif
 }
