@@ -55,7 +55,11 @@ Paths of `quant_matmul` (M = rows of x):
   buffer, then cuBLAS.
 
 Launchers take CuPy arrays on the current device and run on the current CuPy stream; kernels are
-compiled once per process and device through `cupy.RawModule` (and cached on disk by CuPy).
+compiled once per process and device through `cupy.RawModule` (and cached on disk by CuPy). On
+sm_90+ the fused small-M kernels can be launched with programmatic dependent launch
+(kernels/launch.py; `GPTQ_EXPORT_PDL=1` or `quant_matmul(..., pdl=True)`, off by default until
+measured): each then starts loading its weights while the previous kernel of the stream
+finishes, and waits for it before reading x.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ from .cuda_plan import (  # noqa: F401  (re-exported)
     small_params,
     sweep_kernel_names,
 )
+from .launch import launch, pdl_default, pdl_supported, sm90
 from .reference import packed_rows, unpack_codes, unpack_zeros  # noqa: F401
 
 SOURCES = ("gptq_cuda.cu", "gptq_small.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as one, in this order
@@ -305,6 +310,9 @@ class GpuLinear:
             ((sz.size + THREADS - 1) // THREADS,), (THREADS,),
             (s, z, _i32(G), _i32(N), _i32(bits), _i32(lay.Gp), _i32(lay.Np), sz),
         )
+        # Kernels launched with PDL read their weights before waiting for the previous kernel:
+        # the weights must be complete before any of them is launched.
+        cp.cuda.get_current_stream().synchronize()
         return cls(lay, qw, sz, perm)
 
 
@@ -416,7 +424,8 @@ def auto_path(layer: GpuLinear, M: int) -> str:
 
 def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto", mt: int | None = None,
                  nt: int | None = None, xs: bool | None = None, occ: int | None = None, cs: int | None = None,
-                 pd: int | None = None, xbuf=None, tile=None, split: int | None = None, ws=None):
+                 pd: int | None = None, xbuf=None, tile=None, split: int | None = None, ws=None,
+                 pdl: bool | None = None):
     """y[..., N] = x[..., K] @ W + bias on the current device and CuPy stream.
 
     x: CuPy float16 or float32 [..., K] (copied if not C-contiguous); y has x's dtype.
@@ -431,7 +440,9 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     `default_pd`; 0: the kernel's default for its occupancy)
     (tests, benchmarks). xbuf: optional CuPy float16 [M, Kp] buffer for x in K' order, used when
     `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
-    when needed and None.
+    when needed and None. pdl: launch the fused kernel with programmatic dependent launch
+    (kernels/launch.py; None: `pdl_default()`, which follows GPTQ_EXPORT_PDL, off when unset;
+    True needs `pdl_supported()`).
     """
     cp = _cupy()
     lay = layer.layout
@@ -469,6 +480,8 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         pd = default_pd(mt, nt) if pd is None else pd
         if cs not in (None, 1, 2, 4) or (cs and cs > 1 and mt != 1):
             raise ValueError(f"cs must be 1, 2 or 4 (2 and 4 with MT = 1), got {cs} with MT={mt}")
+        if cs and cs > 1 and not sm90():
+            raise ValueError("cs > 1 (split-K over a thread-block cluster) needs an sm_90+ GPU (H100 / H200)")
         so = staged_x(layer, M, mt, occ, nt, cs or 4)
         if xs and not so:
             raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}")
@@ -487,12 +500,15 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         grid = (lay.Np // (16 * nt) * cs, -(-M // (8 * mt)))
         upg = lay.upg
         ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
-        function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs))(
-            grid, (THREADS,),
+        pdl = pdl_default() if pdl is None else pdl
+        if pdl and not pdl_supported():
+            raise ValueError("pdl=True needs an sm_90+ GPU (H100 / H200) and a driver with cuLaunchKernelEx")
+        launch(
+            function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs)), grid, (THREADS,),
             (xin, _i32(ldx), _i32(kx), _i32(x_f32), _i32(gather), layer.qw, layer.sz, layer.perm,
              bias if bias is not None else _NULL, out, _i32(N), _i32(out.dtype == cp.float32),
              _i32(M), _i32(N), _i32(lay.Np), _i32(lay.nu), _i32(upg), _i32(ushift)),
-            shared_mem=smem,
+            smem, pdl=pdl,
         )
         return out
     if path != "dequant":

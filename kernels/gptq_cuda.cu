@@ -27,7 +27,9 @@
 //       tensor-core mma.m16n8k16 (fp16 in, fp32 accumulate) per k-step with W^T as A and
 //       x^T as B (so M=1..8 wastes only the B columns), group scale applied in fp32 when a group
 //       ends; the 8 warps' partial tiles are added through shared memory in a fixed order
-//       (deterministic results); bias + cast in the epilogue.
+//       (deterministic results); bias + cast in the epilogue. Launched with programmatic
+//       dependent launch (kernels/launch.py), a block lets the next kernel launch at its start and
+//       loads its first weights before it waits for the previous kernel (pdl_wait) and reads x.
 //   qgemm_split<BITS, NT, GSTC, XS, OCC, PD, CS>  the same for M <= 8 with K split over a
 //       cluster of CS blocks (more blocks in flight for small N); partial tiles are added by
 //       rank 0 through distributed shared memory, in rank order. Measured slower than
@@ -74,6 +76,27 @@ __device__ __forceinline__ uint2 ld_stream2(const u32* p) {
     if constexpr (PLAIN) asm volatile("ld.global.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
     else asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
     return r;
+}
+// Programmatic dependent launch (sm_90+; no-ops on older GPUs and where the launch did not allow
+// it, kernels/launch.py): pdl_wait() blocks until the previous kernel of the stream has completed
+// and its writes are visible, so a kernel launched early reads nothing that kernel may write before
+// it (only weights); pdl_trigger() lets the next such kernel start launching. pdl_after_wait(p)
+// returns p through a volatile asm issued after the wait: loads through it (the non-volatile
+// ld.global.nc asm below, which the compiler may otherwise hoist) cannot move above the wait.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+template <class T>
+__device__ __forceinline__ T* pdl_after_wait(T* p) {
+    asm volatile("mov.b64 %0, %0;" : "+l"(p)::"memory");
+    return p;
 }
 __device__ __forceinline__ u32 ld_nc(const u32* p) {
     u32 r;

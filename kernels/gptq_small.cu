@@ -107,6 +107,11 @@ __device__ __forceinline__ void decode_a(u32 (&a)[4], const u32 (&w)[Fmt<BITS>::
 #ifndef SMALL_ABLATE
 #define SMALL_ABLATE 0
 #endif
+// Where a block lets the next kernel launch (programmatic dependent launch; kernels/launch.py):
+// 0 at its start (the default), 1 after its k-loop, 2 never (implicitly when it exits). Probes.
+#ifndef SMALL_PDL_TRIGGER
+#define SMALL_PDL_TRIGGER 0
+#endif
 
 // A compile-time int (loops over register-array indices).
 template <int V>
@@ -213,12 +218,17 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         for (int nt = 0; nt < NT; ++nt) load_tile(ws[nt], ss[nt], u, gu, nt);
     };
 
-    // Weights of the first PD units of this warp first: their DRAM latency overlaps the staging.
+    if constexpr (SMALL_PDL_TRIGGER == 0) pdl_trigger();
+    // Weights of the first PD units of this warp first: their DRAM latency overlaps the staging
+    // and, launched early (PDL), the end of the previous kernel, whose output x may be: only
+    // after pdl_wait() is x read (through a pointer laundered after the wait) or y written.
 #pragma unroll
     for (int i = 0; i < PD; ++i) {
         const int u = u_lo + warp + i * WARPS;
         if (u < u_hi) load_slot(wb[i], sb[i], u);
     }
+    pdl_wait();
+    x = pdl_after_wait(x);
 
     // Staged x: per m-tile, this lane's row (row 0 for rows >= M); per k-step pair (or k-step
     // for S = 16) the swizzled chunk offset within a unit, the same for every unit.
@@ -386,6 +396,8 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
             }
         }
     }
+
+    if constexpr (SMALL_PDL_TRIGGER == 1) pdl_trigger();
 
     auto store = [&](int ml, int nl, float v) {
         const int m = m0 + ml, n = nt0 * 16 + nl;
