@@ -4,6 +4,7 @@
     python tools/bench_decode_gpu.py --tiny --device cpu   # smoke test of the script itself
     python tools/bench_decode_gpu.py --compile --profile 8  # + where a compiled step's time goes
     python tools/bench_decode_gpu.py --compile --fuse  # + each variant with q/k/v and gate/up fused
+    python tools/bench_decode_gpu.py --pdl-ab          # + the graph loops with PDL flipped (GPTQ_EXPORT_PDL)
 
 The model is a randomly initialised transformers LlamaForCausalLM (quantization quality is
 irrelevant for speed). Quantized variants replace every Linear but lm_head by a QuantLinear of
@@ -33,6 +34,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from gptq_export.kernels.launch import ENV as PDL_ENV
 
 
 def build_model(args, device):
@@ -242,6 +245,9 @@ def main() -> None:
     ap.add_argument("--fuse", action="store_true",
                     help="also time each variant with the Linears that read one tensor fused (q/k/v, gate/up: "
                          "gptq_export.fuse_linears)")
+    ap.add_argument("--pdl-ab", action="store_true",
+                    help="also time each quantized variant's CUDA-graph (and compiled) loop with programmatic "
+                         "dependent launch flipped (GPTQ_EXPORT_PDL; kernels/launch.py)")
     ap.add_argument("--only", nargs="+", metavar="VARIANT",
                     help="run only these variants, e.g. w4g128 'w4g128 fused' (the first is the ratios' base)")
     args = ap.parse_args()
@@ -303,6 +309,24 @@ def main() -> None:
                 if prof:
                     row["profile"] = prof
                 row["compiled_vs_eager_token_match"] = float((toks_c == toks_s).float().mean())
+            if args.pdl_ab and use_graph and bits is not None:  # the same loops with PDL flipped
+                from gptq_export.kernels.launch import pdl_default
+
+                row["pdl"] = pdl_default()
+                saved = os.environ.get(PDL_ENV)
+                os.environ[PDL_ENV] = "0" if row["pdl"] else "1"
+                try:
+                    toks_f, row["static_graph_pdl_flipped_tok_s"], _, _, _ = decode_static(
+                        model, prompt, args.new, device, graph=True)
+                    row["pdl_flipped_vs_eager_token_match"] = float((toks_f == toks_s).float().mean())
+                    if args.compile:
+                        row["compiled_pdl_flipped_tok_s"] = decode_static(model, prompt, args.new, device, graph=True,
+                                                                          compiled=True)[1]
+                finally:
+                    if saved is None:
+                        os.environ.pop(PDL_ENV)
+                    else:
+                        os.environ[PDL_ENV] = saved
             if ref_tokens is None:
                 ref_tokens = toks_s
             row["token_match_vs_fp16"] = float((toks_s == ref_tokens).float().mean())
@@ -353,6 +377,16 @@ def main() -> None:
               " largest:")
         for k in prof["top"]:
             print(f"  {k['us_per_token']:>8.1f} us {k['per_token']:>5.0f}x  {k['name'][:100]}")
+    for r in rows:
+        if "static_graph_pdl_flipped_tok_s" not in r:
+            continue
+        on, off = ("", "_pdl_flipped") if r["pdl"] else ("_pdl_flipped", "")
+        g_on, g_off = r[f"static_graph{on}_tok_s"], r[f"static_graph{off}_tok_s"]
+        line = f"{r['variant']}: PDL on / off, graph {g_on:.1f} / {g_off:.1f} tokens/s ({g_on / g_off:.3f}x)"
+        if f"compiled{on}_tok_s" in r and f"compiled{off}_tok_s" in r:
+            c_on, c_off = r[f"compiled{on}_tok_s"], r[f"compiled{off}_tok_s"]
+            line += f", compiled {c_on:.1f} / {c_off:.1f} ({c_on / c_off:.3f}x)"
+        print(line + f"; flipped run's tokens equal to eager's: {r['pdl_flipped_vs_eager_token_match']:.2f}")
     if args.compile:
         errs = ", ".join(f"{r['variant']} {r['compiled_step_logits_rel_err']:.1e}" for r in rows
                          if r.get("compiled_step_logits_rel_err") is not None)
