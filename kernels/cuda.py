@@ -504,7 +504,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         if pdl and not pdl_supported():
             raise ValueError("pdl=True needs an sm_90+ GPU (H100 / H200) and a driver with cuLaunchKernelEx")
         launch(
-            function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs)), grid, (THREADS,),
+            function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs, pdl)), grid, (THREADS,),
             (xin, _i32(ldx), _i32(kx), _i32(x_f32), _i32(gather), layer.qw, layer.sz, layer.perm,
              bias if bias is not None else _NULL, out, _i32(N), _i32(out.dtype == cp.float32),
              _i32(M), _i32(N), _i32(lay.Np), _i32(lay.nu), _i32(upg), _i32(ushift)),

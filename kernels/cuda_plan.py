@@ -16,25 +16,30 @@ NT2_BLOCKS_PER_SM = 2.5
 
 
 def small_kernel_name(bits: int, mt: int, nt: int, gstc: int, xs: bool, occ: int = 2, pd: int = 0,
-                      cs: int = 1) -> str:
-    """Name of the fused kernel: qgemm_small (cs = 1) or the cluster split-K qgemm_split (mt = 1).
+                      cs: int = 1, pdl: bool = False) -> str:
+    """Name of the fused kernel: qgemm_small (cs = 1) or the cluster split-K qgemm_split (mt = 1);
+    with `pdl`, its variant for programmatic dependent launch (qgemm_small_pdl / qgemm_split_pdl).
     pd = units in flight per warp (0: the kernel's default for occ)."""
+    suffix = "_pdl" if pdl else ""
     if cs == 1:
-        return f"qgemm_small<{bits},{mt},{nt},{gstc},{int(xs)},{occ},{pd}>"
+        return f"qgemm_small{suffix}<{bits},{mt},{nt},{gstc},{int(xs)},{occ},{pd}>"
     if mt != 1 or cs not in (2, 4):
         raise ValueError(f"split-K kernels have MT = 1 and 2 or 4 blocks per cluster, got MT={mt} CS={cs}")
-    return f"qgemm_split<{bits},{nt},{gstc},{int(xs)},{occ},{pd},{cs}>"
+    return f"qgemm_split{suffix}<{bits},{nt},{gstc},{int(xs)},{occ},{pd},{cs}>"
 
 
 def small_params(name: str) -> dict | None:
-    """Template arguments of a fused-kernel name (None for other kernels)."""
-    for prefix, keys in (("qgemm_small<", ("bits", "mt", "nt", "gstc", "xs", "occ", "pd")),
-                         ("qgemm_split<", ("bits", "nt", "gstc", "xs", "occ", "pd", "cs"))):
-        if name.startswith(prefix):
-            p = dict(zip(keys, (int(v) for v in name[len(prefix):-1].split(",")), strict=True))
-            p.setdefault("mt", 1)
-            p.setdefault("cs", 1)
-            return p
+    """Template arguments of a fused-kernel name (None for other kernels), with "pdl" (0 / 1)."""
+    for prefix, keys in (("qgemm_small", ("bits", "mt", "nt", "gstc", "xs", "occ", "pd")),
+                         ("qgemm_split", ("bits", "nt", "gstc", "xs", "occ", "pd", "cs"))):
+        for pdl in (0, 1):
+            start = prefix + ("_pdl<" if pdl else "<")
+            if name.startswith(start):
+                p = dict(zip(keys, (int(v) for v in name[len(start):-1].split(",")), strict=True))
+                p.setdefault("mt", 1)
+                p.setdefault("cs", 1)
+                p["pdl"] = pdl
+                return p
     return None
 
 

@@ -107,8 +107,9 @@ __device__ __forceinline__ void decode_a(u32 (&a)[4], const u32 (&w)[Fmt<BITS>::
 #ifndef SMALL_ABLATE
 #define SMALL_ABLATE 0
 #endif
-// Where a block lets the next kernel launch (programmatic dependent launch; kernels/launch.py):
-// 0 at its start (the default), 1 after its k-loop, 2 never (implicitly when it exits). Probes.
+// Where a block of a *_pdl kernel lets the next kernel launch (programmatic dependent launch;
+// kernels/launch.py): 0 at its start (the default), 1 after its k-loop, 2 never (implicitly when
+// it exits). Probes.
 #ifndef SMALL_PDL_TRIGGER
 #define SMALL_PDL_TRIGGER 0
 #endif
@@ -151,9 +152,12 @@ struct RedCfg {
 // CS:   split-K over a cluster of CS blocks (MT = 1): block rank r of a cluster takes the K'
 //       units [NU*r/CS, NU*(r+1)/CS); rank 0 adds the CS partial tiles, in rank order, through
 //       distributed shared memory (deterministic).
+// PDL:  built for programmatic dependent launch (the *_pdl kernels, kernels/launch.py): the block
+//       lets the next kernel launch (SMALL_PDL_TRIGGER) and waits for the previous one after its
+//       first weight loads, before it reads x. The plain kernels have neither instruction.
 // Grid: (N' / (16*NT) * CS, ceil(M / (8*MT))); block: THREADS; dynamic shared memory (XS):
 // M * (Kp + 8) * 2 bytes.
-template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PDX, int CS>
+template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PDX, int CS, bool PDL>
 __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
                                            const u32* __restrict__ qw, const u32* __restrict__ sz,
                                            const int* __restrict__ perm, const float* __restrict__ bias,
@@ -218,17 +222,19 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         for (int nt = 0; nt < NT; ++nt) load_tile(ws[nt], ss[nt], u, gu, nt);
     };
 
-    if constexpr (SMALL_PDL_TRIGGER == 0) pdl_trigger();
+    if constexpr (PDL && SMALL_PDL_TRIGGER == 0) pdl_trigger();
     // Weights of the first PD units of this warp first: their DRAM latency overlaps the staging
-    // and, launched early (PDL), the end of the previous kernel, whose output x may be: only
-    // after pdl_wait() is x read (through a pointer laundered after the wait) or y written.
+    // and, PDL kernels launched early, the end of the previous kernel, whose output x may be:
+    // only after pdl_wait() is x read (through a pointer laundered after the wait) or y written.
 #pragma unroll
     for (int i = 0; i < PD; ++i) {
         const int u = u_lo + warp + i * WARPS;
         if (u < u_hi) load_slot(wb[i], sb[i], u);
     }
-    pdl_wait();
-    x = pdl_after_wait(x);
+    if constexpr (PDL) {
+        pdl_wait();
+        x = pdl_after_wait(x);
+    }
 
     // Staged x: per m-tile, this lane's row (row 0 for rows >= M); per k-step pair (or k-step
     // for S = 16) the swizzled chunk offset within a unit, the same for every unit.
@@ -397,7 +403,7 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         }
     }
 
-    if constexpr (SMALL_PDL_TRIGGER == 1) pdl_trigger();
+    if constexpr (PDL && SMALL_PDL_TRIGGER == 1) pdl_trigger();
 
     auto store = [&](int ml, int nl, float v) {
         const int m = m0 + ml, n = nt0 * 16 + nl;
@@ -472,10 +478,14 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         void* __restrict__ y, int ldy, int y_f32, int M, int N, int Np, int NU, int upg, int ushift
 #define SMALL_ARGS x, ldx, Kx, x_f32, gather, qw, sz, perm, bias, y, ldy, y_f32, M, N, Np, NU, upg, ushift
 
-// One block per 16*NT outputs (and 8*MT rows), all of K.
+// One block per 16*NT outputs (and 8*MT rows), all of K; *_pdl: the same for PDL launches.
 template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PD>
 __global__ void __launch_bounds__(THREADS, OCC) qgemm_small(SMALL_PARAMS) {
-    small_body<BITS, MT, NT, GSTC, XS, OCC, PD, 1>(SMALL_ARGS);
+    small_body<BITS, MT, NT, GSTC, XS, OCC, PD, 1, false>(SMALL_ARGS);
+}
+template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PD>
+__global__ void __launch_bounds__(THREADS, OCC) qgemm_small_pdl(SMALL_PARAMS) {
+    small_body<BITS, MT, NT, GSTC, XS, OCC, PD, 1, true>(SMALL_ARGS);
 }
 
 // Split-K: a cluster of CS blocks per 16*NT outputs, M <= 8. Clusters need sm_90: built for an
@@ -491,6 +501,14 @@ __global__ __launch_bounds__(THREADS, OCC) SPLIT_CLUSTER_DIMS(CS) void qgemm_spl
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     __trap();
 #else
-    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS>(SMALL_ARGS);
+    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS, false>(SMALL_ARGS);
+#endif
+}
+template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS>
+__global__ __launch_bounds__(THREADS, OCC) SPLIT_CLUSTER_DIMS(CS) void qgemm_split_pdl(SMALL_PARAMS) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    __trap();
+#else
+    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS, true>(SMALL_ARGS);
 #endif
 }

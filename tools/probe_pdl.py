@@ -38,8 +38,8 @@ def _packed(rng, bits: int, K: int, N: int):
 
 @contextlib.contextmanager
 def small_kernels_built_with(kc, cp, defines: str):
-    """kc.function returns the qgemm_small / qgemm_split kernels built with `defines` ('+'-joined
-    macros; 'base' = none) inside the block."""
+    """kc.function returns the fused small-M kernels (qgemm_small, qgemm_split, their _pdl
+    variants) built with `defines` ('+'-joined macros; 'base' = none) inside the block."""
     if defines == "base":
         yield
         return
@@ -47,7 +47,7 @@ def small_kernels_built_with(kc, cp, defines: str):
     opts = kc._OPTIONS + tuple(f"-D{d}" for d in defines.split("+"))
 
     def function(name):
-        if not name.startswith(("qgemm_small<", "qgemm_split<")):
+        if kc.small_params(name) is None:
             return orig(name)
         if name not in cache:
             fn = cp.RawModule(code=kc.source(), options=opts, name_expressions=(name,)).get_function(name)

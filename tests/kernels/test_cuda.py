@@ -169,7 +169,11 @@ def test_kernel_names_and_default_plan():
     assert kc.small_kernel_name(4, 1, 1, 8, True, 4) == "qgemm_small<4,1,1,8,1,4,0>"
     assert kc.small_kernel_name(3, 1, 1, 8, False, 2, 3, 4) == "qgemm_split<3,1,8,0,2,3,4>"
     assert kc.small_params("qgemm_split<3,1,8,0,2,3,4>") == dict(bits=3, nt=1, gstc=8, xs=0, occ=2, pd=3, cs=4,
-                                                                   mt=1)
+                                                                   mt=1, pdl=0)
+    for args in ((4, 2, 1, 8, True, 4, 0, 1), (3, 1, 2, 8, False, 2, 3, 4)):  # the PDL variants
+        name = kc.small_kernel_name(*args, pdl=True)
+        assert "_pdl<" in name and kc.small_params(name) == {**kc.small_params(kc.small_kernel_name(*args)), "pdl": 1}
+    assert kc.small_params("qgemm_mma<4,1,4,4,2,2,4>") is None
     with pytest.raises(ValueError):
         kc.small_kernel_name(4, 2, 1, 8, False, 2, 0, 2)
 
