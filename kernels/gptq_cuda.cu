@@ -27,9 +27,10 @@
 //       tensor-core mma.m16n8k16 (fp16 in, fp32 accumulate) per k-step with W^T as A and
 //       x^T as B (so M=1..8 wastes only the B columns), group scale applied in fp32 when a group
 //       ends; the 8 warps' partial tiles are added through shared memory in a fixed order
-//       (deterministic results); bias + cast in the epilogue. Launched with programmatic
-//       dependent launch (kernels/launch.py), a block lets the next kernel launch at its start and
-//       loads its first weights before it waits for the previous kernel (pdl_wait) and reads x.
+//       (deterministic results); bias + cast in the epilogue. qgemm_small_pdl / qgemm_split_pdl:
+//       the same for programmatic dependent launch (kernels/launch.py): a block lets the next
+//       kernel launch at its start and loads its first weights before it waits for the previous
+//       kernel (pdl_wait) and reads x.
 //   qgemm_split<BITS, NT, GSTC, XS, OCC, PD, CS>  the same for M <= 8 with K split over a
 //       cluster of CS blocks (more blocks in flight for small N); partial tiles are added by
 //       rank 0 through distributed shared memory, in rank order. Measured slower than

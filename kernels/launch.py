@@ -4,18 +4,19 @@ A kernel launched with the driver's programmatic-stream-serialization attribute 
 the previous kernel of its stream is still running (once every block of that kernel has executed
 `griddepcontrol.launch_dependents` or exited). It must execute `griddepcontrol.wait` before it
 reads anything that kernel may write, or writes anything that kernel may read: `pdl_wait()` in
-kernels/gptq_cuda.cu. The one-token kernels (`qgemm_small`, `qgemm_split`) are written for it:
-they issue their first weight loads (weights are written only at load time, which ends with a
-stream synchronization: `GpuLinear.from_packed`), then wait, then read x and write y; and they let
-the next kernel launch at their start. Other kernels are launched as usual.
+kernels/gptq_cuda.cu. The one-token kernels have twins written for it (`qgemm_small_pdl`,
+`qgemm_split_pdl`; the plain ones have no such instructions): they issue their first weight
+loads (weights are written only at load time, which ends with a stream synchronization:
+`GpuLinear.from_packed`), then wait, then read x and write y; and they let the next kernel launch
+at their start. Other kernels are launched as usual.
 
 CuPy's kernel call takes no launch attributes, so these launches go through the driver's
 `cuLaunchKernelEx` (ctypes, the library CuPy itself loads).
 
-Off by default for now: written and compiled (nvcc 13.0, sm_90: the weight loads come before the
-wait, x's after it), not yet run on a GPU. `GPTQ_EXPORT_PDL=1` in the environment turns it on
-where supported (read at each launch, so a benchmark can compare both in one process);
-`quant_matmul(..., pdl=True)` asks for it per call.
+Off by default for now: written and compiled, not yet run on a GPU (tools/sass_pdl.py checks
+without one that the weight loads come before the wait and x's after it). `GPTQ_EXPORT_PDL=1`
+in the environment turns it on where supported (read at each launch, so a benchmark can compare
+both in one process); `quant_matmul(..., pdl=True)` asks for it per call.
 """
 
 from __future__ import annotations
