@@ -67,7 +67,7 @@ from __future__ import annotations
 import importlib.resources
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -266,6 +266,10 @@ class GpuLinear:
     sz: Any
     perm: Any
     wgperm: Any = None  # int32 [Kp], x gather of the wgmma kernel (kernels.cuda_wgmma.wg_perm), lazily
+    # Whether a plain (not PDL) fused launch has used the weights: a PDL kernel reads its weights
+    # before it waits for the previous kernel, so the first launch after the repack is a plain
+    # one (which starts only once the repack is complete; every later kernel starts after it).
+    pdl_ready: bool = field(default=False, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -310,9 +314,6 @@ class GpuLinear:
             ((sz.size + THREADS - 1) // THREADS,), (THREADS,),
             (s, z, _i32(G), _i32(N), _i32(bits), _i32(lay.Gp), _i32(lay.Np), sz),
         )
-        # Kernels launched with PDL read their weights before waiting for the previous kernel:
-        # the weights must be complete before any of them is launched.
-        cp.cuda.get_current_stream().synchronize()
         return cls(lay, qw, sz, perm)
 
 
@@ -442,7 +443,8 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     `prep_x_needed` (act-order, fp32 or unaligned x that the kernel cannot stage); allocated
     when needed and None. pdl: launch the fused kernel with programmatic dependent launch
     (kernels/launch.py; None: `pdl_default()`, which follows GPTQ_EXPORT_PDL, off when unset;
-    True needs `pdl_supported()`).
+    True needs `pdl_supported()`); a layer's first fused launch is a plain one regardless
+    (`GpuLinear.pdl_ready`).
     """
     cp = _cupy()
     lay = layer.layout
@@ -503,6 +505,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         pdl = pdl_default() if pdl is None else pdl
         if pdl and not pdl_supported():
             raise ValueError("pdl=True needs an sm_90+ GPU (H100 / H200) and a driver with cuLaunchKernelEx")
+        pdl, layer.pdl_ready = pdl and layer.pdl_ready, True  # the first launch is a plain one
         launch(
             function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs, pdl)), grid, (THREADS,),
             (xin, _i32(ldx), _i32(kx), _i32(x_f32), _i32(gather), layer.qw, layer.sz, layer.perm,

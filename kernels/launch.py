@@ -6,9 +6,9 @@ the previous kernel of its stream is still running (once every block of that ker
 reads anything that kernel may write, or writes anything that kernel may read: `pdl_wait()` in
 kernels/gptq_cuda.cu. The one-token kernels have twins written for it (`qgemm_small_pdl`,
 `qgemm_split_pdl`; the plain ones have no such instructions): they issue their first weight
-loads (weights are written only at load time, which ends with a stream synchronization:
-`GpuLinear.from_packed`), then wait, then read x and write y; and they let the next kernel launch
-at their start. Other kernels are launched as usual.
+loads (weights are written only at load time, and a layer's first launch is a plain one, which
+starts only once they are complete: `GpuLinear.pdl_ready`), then wait, then read x and write y;
+and they let the next kernel launch at their start. Other kernels are launched as usual.
 
 CuPy's kernel call takes no launch attributes, so these launches go through the driver's
 `cuLaunchKernelEx` (ctypes, the library CuPy itself loads).

@@ -84,10 +84,12 @@ def test_gpu_pdl_launch_equals_ordinary_launch(pdl, bits, M, case):
     bias = rng.standard_normal(N).astype(np.float32)
     ref = quant_matmul(x.astype(np.float64), *layer, bias.astype(np.float64), bits, K, N)
     got = {}
-    for flag in (False, True):
+    assert not gl.pdl_ready  # so the first launch below is a plain one, whatever is asked
+    for flag in (True, False, True):
         out = cp.full((M, N), np.nan, dtype=cp.float16)
         kc.quant_matmul(cp.asarray(x), gl, cp.asarray(bias), out, path="fused", pdl=flag)
-        got[flag] = cp.asnumpy(out)
+        assert gl.pdl_ready
+        got[flag] = cp.asnumpy(out)  # the second True: a PDL launch
     assert np.isfinite(got[True]).all(), f"unwritten outputs, seed {seed}"
     np.testing.assert_array_equal(got[True], got[False], err_msg=f"seed {seed}")
     assert rel_err(got[True], ref) <= 2e-3, f"seed {seed}"
