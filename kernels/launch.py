@@ -127,9 +127,10 @@ def _c_arg(v: Any, cp: Any) -> ctypes._SimpleCData:
 
 def launch(fn: Any, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0, *,
            pdl: bool = False) -> None:
-    """Launch the CuPy kernel `fn` on the current CuPy stream, as `fn(grid, block, args,
-    shared_mem=...)` does; with `pdl`, through cuLaunchKernelEx with programmatic stream
-    serialization (the kernel must call pdl_wait() before touching the previous kernel's data)."""
+    """Launch the CuPy kernel `fn` (a RawKernel) on the current CuPy stream, as `fn(grid, block,
+    args, shared_mem=...)` does; with `pdl`, through cuLaunchKernelEx with programmatic stream
+    serialization (the kernel must call pdl_wait() before touching the previous kernel's data).
+    args: CuPy arrays (passed as device pointers), np.int32, np.uint64 or np.float32 values."""
     if not pdl:
         fn(grid, block, args, shared_mem=shared_mem)
         return
@@ -141,6 +142,10 @@ def launch(fn: Any, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, 
                   _pdl_attrs(), 1)
     values = [_c_arg(a, cupy) for a in args]
     params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-    status = _driver()(ctypes.byref(cfg), fn.ptr, params, None)
+    ensure_context = getattr(cupy.cuda.runtime, "_ensure_context", None)  # as CuPy's own launches
+    if ensure_context is not None:
+        ensure_context()
+    # a RawKernel (RawModule.get_function) holds its CUfunction in .kernel.ptr, a Function in .ptr
+    status = _driver()(ctypes.byref(cfg), getattr(fn, "kernel", fn).ptr, params, None)
     if status != 0:
         raise cupy.cuda.driver.CUDADriverError(status)

@@ -5,6 +5,7 @@ dependent matmuls (each reading the previous one's output) and in a captured CUD
 from __future__ import annotations
 
 import ctypes
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +40,62 @@ def test_kernel_arguments_convert_to_their_c_types():
     assert kl._c_arg(np.float32(0.5), FakeCupy).value == 0.5
     with pytest.raises(TypeError, match="np.int32"):
         kl._c_arg(3, FakeCupy)  # a Python int: its C width would be a guess
+
+
+class _FakeCupy:
+    """What launch() touches of CuPy: ndarray, the current stream, the driver error."""
+
+    class ndarray:
+        def __init__(self, ptr):
+            self.data = type("Mem", (), {"ptr": ptr})()
+
+    class cuda:
+        class driver:
+            class CUDADriverError(RuntimeError):
+                pass
+
+        class runtime:
+            ensured = 0
+
+            @classmethod
+            def _ensure_context(cls):
+                cls.ensured += 1
+
+        @staticmethod
+        def get_current_stream():
+            return type("Stream", (), {"ptr": 0xBEEF})()
+
+
+def test_pdl_launch_hands_the_driver_the_kernel_its_arguments_and_the_attribute(monkeypatch):
+    calls = []
+
+    def fake_launch(cfg_ref, func, params, extra):
+        cfg = ctypes.cast(cfg_ref, ctypes.POINTER(kl._Config)).contents
+        attr = cfg.attrs[0]
+        calls.append({
+            "grid": (cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ), "block": (cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ),
+            "smem": cfg.sharedMemBytes, "stream": cfg.hStream, "attr": (attr.id, attr.value[0], cfg.numAttrs),
+            "func": func, "extra": extra,
+            "args": (ctypes.c_void_p.from_address(params[0]).value, ctypes.c_int32.from_address(params[1]).value,
+                     ctypes.c_uint64.from_address(params[2]).value, ctypes.c_float.from_address(params[3]).value),
+        })
+        return status
+
+    status = 0
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
+    monkeypatch.setattr(kl, "_driver", lambda: fake_launch)
+    raw_kernel = type("RawKernel", (), {"kernel": type("Function", (), {"ptr": 0xF00D})()})()
+    args = (_FakeCupy.ndarray(0x7F00_0000_2000), np.int32(-3), np.uint64(2**33), np.float32(1.5))
+    kl.launch(raw_kernel, (7, 2), (256,), args, 4096, pdl=True)
+    assert calls == [{"grid": (7, 2, 1), "block": (256, 1, 1), "smem": 4096, "stream": 0xBEEF, "attr": (6, 1, 1),
+                      "func": 0xF00D, "extra": None, "args": (0x7F00_0000_2000, -3, 2**33, 1.5)}]
+    assert _FakeCupy.cuda.runtime.ensured == 1
+    status = 1  # CUDA_ERROR_INVALID_VALUE: CuPy's driver error, as its own launches raise
+    with pytest.raises(_FakeCupy.cuda.driver.CUDADriverError):
+        kl.launch(raw_kernel, (1,), (32,), args, pdl=True)
+    plain = []
+    kl.launch(lambda *a, **kw: plain.append((a, kw)), (1,), (32,), args, 0, pdl=False)  # CuPy's own call
+    assert plain == [(((1,), (32,), args), {"shared_mem": 0})]
 
 
 def test_environment_switch(monkeypatch):
