@@ -157,14 +157,14 @@ def main() -> None:
     ap.add_argument("--no-graph", action="store_true", help="only launches one by one")
     args = ap.parse_args()
 
-    import cupy as cp
-
     from gptq_export.kernels import cuda as kc
     from gptq_export.kernels import launch as kl
 
     reason = kc.cuda_available()
     if reason:
         sys.exit(f"error: {reason}")
+    import cupy as cp
+
     if not kl.pdl_supported():
         sys.exit("error: PDL is not available here (needs sm_90+ and a driver with cuLaunchKernelEx)")
     shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
