@@ -5,6 +5,7 @@
     python tools/bench_decode_gpu.py --compile --profile 8  # + where a compiled step's time goes
     python tools/bench_decode_gpu.py --compile --fuse  # + each variant with q/k/v and gate/up fused
     python tools/bench_decode_gpu.py --pdl-ab          # + the graph loops with PDL flipped (GPTQ_EXPORT_PDL)
+    python tools/bench_decode_gpu.py --profile-eager 8  # + where an eager step's host time goes (cProfile)
 
 The model is a randomly initialised transformers LlamaForCausalLM (quantization quality is
 irrelevant for speed). Quantized variants replace every Linear but lm_head by a QuantLinear of
@@ -159,9 +160,35 @@ def profile_steps(step, n: int, device) -> dict:
 
 
 @torch.no_grad()
-def decode_static(model, prompt, new, device, graph: bool, compiled: bool = False, profile: int = 0):
+def python_profile(step, n: int, device) -> dict:
+    """cProfile of n eager calls of `step`: where the host's time per token goes (an eager decode
+    of a small model is bound by Python and launch overhead, not by the GPU)."""
+    import cProfile
+    import pstats
+
+    step()  # warm
+    sync(device)
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(n):
+        step()
+    prof.disable()
+    sync(device)
+    ms = (time.perf_counter() - t0) * 1e3 / n
+    stats = pstats.Stats(prof).stats  # {(file, line, func): (cc, ncalls, tottime, cumtime, callers)}
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][3])
+    top = [{"func": f"{os.path.basename(f)}:{line}({fn})", "calls_per_token": nc / n,
+            "self_us_per_token": round(tt * 1e6 / n, 1), "cum_us_per_token": round(ct * 1e6 / n, 1)}
+           for (f, line, fn), (_, nc, tt, ct, _) in rows[:25]]
+    return {"ms_per_token_profiled": round(ms, 2), "top_cumulative": top}
+
+
+def decode_static(model, prompt, new, device, graph: bool, compiled: bool = False, profile: int = 0,
+                  py_profile: int = 0):
     """(tokens, tokens/s, prefill ms, compiled-vs-eager logits error of one step or None,
-    `profile_steps` of `profile` steps or None)."""
+    `profile_steps` of `profile` steps or None; with `py_profile` (eager only), `python_profile`
+    of that many steps instead)."""
     P = prompt.shape[1]
     dec = StaticDecoder(model, P + new)
     fwd = torch.compile(dec.forward, dynamic=False) if compiled else dec.forward
@@ -210,6 +237,8 @@ def decode_static(model, prompt, new, device, graph: bool, compiled: bool = Fals
     sync(device)
     tok_s = (new - 1) / (time.perf_counter() - t0)
     prof = profile_steps(step, profile, device) if profile else None  # rewrites the last cache slot
+    if py_profile and not graph and not compiled:
+        prof = python_profile(step, py_profile, device)
     return torch.cat(toks, 1), tok_s, prefill_ms, step_err, prof
 
 
@@ -245,6 +274,8 @@ def main() -> None:
     ap.add_argument("--fuse", action="store_true",
                     help="also time each variant with the Linears that read one tensor fused (q/k/v, gate/up: "
                          "gptq_export.fuse_linears)")
+    ap.add_argument("--profile-eager", type=int, default=0, metavar="STEPS",
+                    help="cProfile that many eager static-loop steps per variant: where the host's time goes")
     ap.add_argument("--pdl-ab", action="store_true",
                     help="also time each quantized variant's CUDA-graph (and compiled) loop with programmatic "
                          "dependent launch flipped (GPTQ_EXPORT_PDL; kernels/launch.py)")
@@ -292,9 +323,12 @@ def main() -> None:
         build_s = time.perf_counter() - t
         row = {"variant": name, "weight_MB": weight_bytes(model) / 1e6, "build_s": round(build_s, 1)}
         try:
-            for _ in range(2):  # first call: kernel loads, repacks, allocator warm-up
-                toks_s, tps_s, prefill_ms, _, _ = decode_static(model, prompt, args.new, device, graph=False)
+            for i in range(2):  # first call: kernel loads, repacks, allocator warm-up
+                toks_s, tps_s, prefill_ms, _, py_prof = decode_static(model, prompt, args.new, device, graph=False,
+                                                                      py_profile=args.profile_eager * i)
             row["static_eager_tok_s"], row["prefill_ms"] = tps_s, prefill_ms
+            if py_prof:
+                row["eager_python_profile"] = py_prof
             toks_h, tps_h = decode_hf(model, prompt, args.new, device)
             row["hf_eager_tok_s"] = tps_h
             row["hf_vs_static_token_match"] = float((toks_h == toks_s).float().mean())
@@ -377,6 +411,15 @@ def main() -> None:
               " largest:")
         for k in prof["top"]:
             print(f"  {k['us_per_token']:>8.1f} us {k['per_token']:>5.0f}x  {k['name'][:100]}")
+    for r in rows:
+        prof = r.get("eager_python_profile")
+        if not prof:
+            continue
+        print(f"\n{r['variant']}: eager static step under cProfile, {prof['ms_per_token_profiled']:.1f} ms per token;"
+              " largest cumulative:")
+        for f in prof["top_cumulative"]:
+            print(f"  {f['cum_us_per_token']:>9.0f} us cum {f['self_us_per_token']:>8.0f} us self "
+                  f"{f['calls_per_token']:>6.0f}x  {f['func'][:90]}")
     for r in rows:
         if "static_graph_pdl_flipped_tok_s" not in r:
             continue
