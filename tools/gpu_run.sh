@@ -84,10 +84,10 @@ if [[ " $STAGES " == *" pdl "* ]]; then
     timeout "${TEST_TIMEOUT:-300}" "$PY" -P -m pytest -m gpu -q -p no:cacheprovider -rfE tests/kernels/test_launch.py || rc=1
     echo "== probe_pdl"
     # shellcheck disable=SC2086
-    timeout "${PROBE_TIMEOUT:-200}" "$PY" tools/probe_pdl.py ${PDL_ARGS:---bits 4 3} || rc=1
+    timeout "${PROBE_TIMEOUT:-300}" "$PY" tools/probe_pdl.py ${PDL_ARGS:---bits 4 3} || rc=1
     echo "== bench_decode_gpu --pdl-ab"
     # shellcheck disable=SC2086
-    timeout "${DECODE_TIMEOUT:-110}" "$PY" tools/bench_decode_gpu.py --pdl-ab ${DECODE_ARGS:---bits 4 --profile-eager 8} || rc=1
+    timeout "${DECODE_TIMEOUT:-240}" "$PY" tools/bench_decode_gpu.py --pdl-ab ${DECODE_ARGS:---bits 4 --profile-eager 8} || rc=1
     exit $rc
   ) 2>&1 | tee "$OUT/pdl.log" || status=1
 fi
