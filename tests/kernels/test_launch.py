@@ -202,12 +202,14 @@ def test_gpu_pdl_chain_in_a_cuda_graph(pdl):
     small = kc.GpuLinear.from_packed(*random_layer(rng, 4, 8192, 2048, 128, False), 4, 8192, 2048)
     x = cp.asarray(rng.standard_normal((1, 2048)).astype(np.float16))
     h = cp.empty((1, 8192), cp.float16)
+    hs = cp.empty_like(h)  # no allocation while capturing
     y = cp.empty((1, 2048), cp.float16)
 
     def step(pdl_flag):
         for _ in range(4):
             kc.quant_matmul(x, big, None, h, pdl=pdl_flag)
-            kc.quant_matmul(h * 0.01, small, None, y, pdl=pdl_flag)  # an ordinary kernel, then ours
+            cp.multiply(h, 0.01, out=hs)
+            kc.quant_matmul(hs, small, None, y, pdl=pdl_flag)  # an ordinary kernel, then ours
             kc.quant_matmul(h, small, None, y, pdl=pdl_flag)  # ours right after ours
 
     step(False)
