@@ -104,7 +104,6 @@ from .cuda_plan import (  # noqa: F401  (re-exported)
     small_params,
     sweep_kernel_names,
 )
-from .launch import launch, pdl_default, pdl_supported, sm90
 from .reference import packed_rows, unpack_codes, unpack_zeros  # noqa: F401
 
 SOURCES = ("gptq_cuda.cu", "gptq_small.cu", "gptq_cuda_repack.cu", "gptq_mma.cu")  # compiled as one, in this order
@@ -270,6 +269,7 @@ class GpuLinear:
     # before it waits for the previous kernel, so the first launch after the repack is a plain
     # one (which starts only once the repack is complete; every later kernel starts after it).
     pdl_ready: bool = field(default=False, repr=False)
+    plans: dict = field(default_factory=dict, repr=False)  # fused_plan's cache
 
     @property
     def nbytes(self) -> int:
@@ -478,41 +478,11 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
         cuda_mma.mma_matmul(xk, layer, bias, out, tile=tile, split=split, ws=ws)
         return out
     if path == "fused":
-        mt, nt = fused_config(layer, M, mt, nt)
-        pd = default_pd(mt, nt) if pd is None else pd
-        if cs not in (None, 1, 2, 4) or (cs and cs > 1 and mt != 1):
-            raise ValueError(f"cs must be 1, 2 or 4 (2 and 4 with MT = 1), got {cs} with MT={mt}")
-        if cs and cs > 1 and not sm90():
-            raise ValueError("cs > 1 (split-K over a thread-block cluster) needs an sm_90+ GPU (H100 / H200)")
-        so = staged_x(layer, M, mt, occ, nt, cs or 4)
-        if xs and not so:
-            raise ValueError(f"x cannot be staged for M={M}, MT={mt}, K'={lay.Kp}, occupancy {occ}")
-        explicit = xs is not None
-        xs = bool(xs) if explicit else bool(so) and _stage_default(layer, M)
-        occ = so if xs else (occ or default_occ_global(lay.bits, mt, lay.gstc))
-        cs = cs or 1
-        xin, ldx, kx, x_f32, gather, smem = x2, K, K, int(x2.dtype == cp.float32), 0, 0
-        if not x_in_place(layer, x2):
-            if xs and explicit:  # the kernel's staging gathers / casts x itself
-                gather = int(not lay.direct or x2.data.ptr % 16 != 0)
-            else:  # x in K' order, fp16, first (a small kernel): faster than gathering per block
-                xin, ldx, kx, x_f32 = gather_x(layer, x2, xbuf), lay.Kp, lay.Kp, 0
-        if xs:
-            smem = M * (lay.Kp + 8) * 2
-        grid = (lay.Np // (16 * nt) * cs, -(-M // (8 * mt)))
-        upg = lay.upg
-        ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
-        pdl = pdl_default() if pdl is None else pdl
-        if pdl and not pdl_supported():
-            raise ValueError("pdl=True needs an sm_90+ GPU (H100 / H200) and a driver with cuLaunchKernelEx")
-        pdl, layer.pdl_ready = pdl and layer.pdl_ready, True  # the first launch is a plain one
-        launch(
-            function(small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs, pdl)), grid, (THREADS,),
-            (xin, _i32(ldx), _i32(kx), _i32(x_f32), _i32(gather), layer.qw, layer.sz, layer.perm,
-             bias if bias is not None else _NULL, out, _i32(N), _i32(out.dtype == cp.float32),
-             _i32(M), _i32(N), _i32(lay.Np), _i32(lay.nu), _i32(upg), _i32(ushift)),
-            smem, pdl=pdl,
-        )
+        from .cuda_fused import fused_plan, launch_fused
+
+        plan = fused_plan(layer, M, x2.dtype == cp.float32, x_in_place(layer, x2), x2.data.ptr % 16 == 0,
+                          mt=mt, nt=nt, xs=xs, occ=occ, cs=cs, pd=pd)
+        launch_fused(layer, plan, M, gather_x(layer, x2, xbuf) if plan.prep else x2, bias, out, pdl=pdl)
         return out
     if path != "dequant":
         raise ValueError(f"path must be 'auto', 'fused', 'mma', 'wgmma' or 'dequant', got {path!r}")

@@ -126,20 +126,21 @@ def _c_arg(v: Any, cp: Any) -> ctypes._SimpleCData:
 
 
 def launch(fn: Any, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, shared_mem: int = 0, *,
-           pdl: bool = False) -> None:
-    """Launch the CuPy kernel `fn` (a RawKernel) on the current CuPy stream, as `fn(grid, block,
-    args, shared_mem=...)` does; with `pdl`, through cuLaunchKernelEx with programmatic stream
-    serialization (the kernel must call pdl_wait() before touching the previous kernel's data).
-    args: CuPy arrays (passed as device pointers), np.int32, np.uint64 or np.float32 values."""
+           pdl: bool = False, stream: Any = None) -> None:
+    """Launch the CuPy kernel `fn` (a RawKernel) on `stream` (a CuPy stream; None: the current
+    one), as `fn(grid, block, args, shared_mem=..., stream=...)` does; with `pdl`, through
+    cuLaunchKernelEx with programmatic stream serialization (the kernel must call pdl_wait()
+    before touching the previous kernel's data). args: CuPy arrays (passed as device pointers),
+    np.int32, np.uint64 (also device pointers) or np.float32 values."""
     if not pdl:
-        fn(grid, block, args, shared_mem=shared_mem)
+        fn(grid, block, args, shared_mem=shared_mem, stream=stream)
         return
     import cupy
 
     g = (tuple(grid) + (1, 1))[:3]
     b = (tuple(block) + (1, 1))[:3]
-    cfg = _Config(g[0], g[1], g[2], b[0], b[1], b[2], shared_mem, cupy.cuda.get_current_stream().ptr,
-                  _pdl_attrs(), 1)
+    cfg = _Config(g[0], g[1], g[2], b[0], b[1], b[2], shared_mem,
+                  (stream if stream is not None else cupy.cuda.get_current_stream()).ptr, _pdl_attrs(), 1)
     values = [_c_arg(a, cupy) for a in args]
     params = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
     ensure_context = getattr(cupy.cuda.runtime, "_ensure_context", None)  # as CuPy's own launches

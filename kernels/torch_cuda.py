@@ -9,16 +9,22 @@ of a layer is built once (repack on the GPU) and cached by the identity of its p
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 
+import numpy as np
 import torch
 
 from . import cuda as kc
+from . import cuda_fused as kf
 
 _lock = threading.Lock()
 _layers: dict[int, tuple[weakref.ref, tuple, kc.GpuLinear]] = {}
 _streams: dict[tuple[int, int], object] = {}
+#: Environment switch of `linear`'s direct launch of the one-token kernel ("1": on; read per
+#: call). Off by default until measured on a GPU (tools/bench_decode_gpu.py --env-ab).
+DIRECT_ENV = "GPTQ_EXPORT_TORCH_DIRECT"
 
 
 def to_cupy(t: torch.Tensor, device: torch.device | None = None):
@@ -34,6 +40,17 @@ def to_cupy(t: torch.Tensor, device: torch.device | None = None):
         return cupy.asarray(t.contiguous().numpy())
 
 
+def _stream(index: int):
+    """PyTorch's current stream on device `index`, as a CuPy stream (made once per stream)."""
+    import cupy
+
+    ptr = torch.cuda.current_stream(index).cuda_stream
+    stream = _streams.get((index, ptr))
+    if stream is None:
+        stream = _streams[(index, ptr)] = cupy.cuda.ExternalStream(ptr, index)
+    return stream
+
+
 class _On:
     """Context: CuPy's current device and stream = PyTorch's for `device`."""
 
@@ -41,13 +58,8 @@ class _On:
         import cupy
 
         self.index = device.index if device.index is not None else torch.cuda.current_device()
-        ptr = torch.cuda.current_stream(self.index).cuda_stream
-        key = (self.index, ptr)
-        stream = _streams.get(key)
-        if stream is None:
-            stream = _streams[key] = cupy.cuda.ExternalStream(ptr, self.index)
         self.device = cupy.cuda.Device(self.index)
-        self.stream = stream
+        self.stream = _stream(self.index)
 
     def __enter__(self):
         self.device.__enter__()
@@ -110,6 +122,10 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
         return x.new_empty((*x.shape[:-1], N))
     if path == "auto":
         path = kc.auto_path(layer, M)
+    if path == "fused" and os.environ.get(DIRECT_ENV) == "1":
+        y = _direct(x2, layer, bias, M)
+        if y is not None:
+            return y.to(out_dtype).reshape(*x.shape[:-1], N)
     with _On(x.device):
         xc2 = to_cupy(x2)
         if path == "dequant":
@@ -144,6 +160,25 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
             kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path=path,
                             xbuf=xbuf, tile=tile, split=split, ws=ws)
     return y.to(out_dtype).reshape(*x.shape[:-1], N)
+
+
+def _direct(x2: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None, M: int) -> torch.Tensor | None:
+    """y = x2 @ W + bias through the one-token kernel launched straight from the tensors (device
+    pointers on PyTorch's current stream: no DLPack views, no CuPy device / stream context, the
+    launch plan cached on the layer), where x2 [M, K] is fp16, readable in place and on CuPy's
+    current device, and bias (if any) a contiguous fp32 [N]; else None (the general path)."""
+    import cupy
+
+    lay = layer.layout
+    index = x2.device.index if x2.device.index is not None else torch.cuda.current_device()
+    if (x2.dtype != torch.float16 or not lay.direct or x2.data_ptr() % 16 or cupy.cuda.runtime.getDevice() != index
+            or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))):
+        return None
+    plan = kf.fused_plan(layer, M, False, True, True)
+    y = torch.empty((M, lay.N), dtype=torch.float16, device=x2.device)
+    kf.launch_fused(layer, plan, M, np.uint64(x2.data_ptr()), None if bias is None else np.uint64(bias.data_ptr()),
+                    np.uint64(y.data_ptr()), out_f32=False, stream=_stream(index))
+    return y
 
 
 def quant_linear_cuda(x, qweight, scales, qzeros, g_idx, bias, in_features, out_features, bits, group_size=None):

@@ -483,3 +483,38 @@ def test_torch_layer_cache_follows_the_tensors(torch_cuda):
     assert tc.gpu_linear(*layer, 4, 256, 64, layer[0].device) is a
     layer[1].mul_(2)  # in-place change of the scales: rebuilt
     assert tc.gpu_linear(*layer, 4, 256, 64, layer[0].device) is not a
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("M", (1, 2, 8))
+def test_torch_direct_launch_gives_the_general_path_bits(torch_cuda, monkeypatch, bits, M):
+    """kernels.torch_cuda's direct launch (GPTQ_EXPORT_TORCH_DIRECT=1: device pointers on
+    PyTorch's stream) against the general path, also inside a captured CUDA graph."""
+    torch = torch_cuda
+    from gptq_export.kernels import torch_cuda as tc
+
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N = 2048, 768
+    layer = [torch.from_numpy(a).cuda() for a in random_layer(rng, bits, K, N, 128, False)]
+    gl = tc.gpu_linear(*layer, bits, K, N, layer[0].device)
+    x = torch.randn(M, K, device="cuda").half()
+    bias = torch.randn(N, device="cuda")
+    monkeypatch.delenv(tc.DIRECT_ENV, raising=False)
+    want = [tc.linear(x, gl, b).cpu() for b in (bias, None)]
+    monkeypatch.setenv(tc.DIRECT_ENV, "1")
+    assert tc._direct(x, gl, bias, M) is not None  # the direct path does apply here
+    for b, w in zip((bias, None), want, strict=True):
+        torch.testing.assert_close(tc.linear(x, gl, b).cpu(), w, rtol=0, atol=0, msg=f"seed {seed}")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        tc.linear(x, gl, bias)  # warm-up on the capture stream
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = tc.linear(x, gl, bias)
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y.cpu(), want[0], rtol=0, atol=0, msg=f"graph, seed {seed}")

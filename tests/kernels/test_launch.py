@@ -90,12 +90,14 @@ def test_pdl_launch_hands_the_driver_the_kernel_its_arguments_and_the_attribute(
     assert calls == [{"grid": (7, 2, 1), "block": (256, 1, 1), "smem": 4096, "stream": 0xBEEF, "attr": (6, 1, 1),
                       "func": 0xF00D, "extra": None, "args": (0x7F00_0000_2000, -3, 2**33, 1.5)}]
     assert _FakeCupy.cuda.runtime.ensured == 1
+    kl.launch(raw_kernel, (1,), (32,), args, pdl=True, stream=type("Stream", (), {"ptr": 0xCAFE})())
+    assert calls[-1]["stream"] == 0xCAFE  # a given stream, not the current one
     status = 1  # CUDA_ERROR_INVALID_VALUE: CuPy's driver error, as its own launches raise
     with pytest.raises(_FakeCupy.cuda.driver.CUDADriverError):
         kl.launch(raw_kernel, (1,), (32,), args, pdl=True)
     plain = []
     kl.launch(lambda *a, **kw: plain.append((a, kw)), (1,), (32,), args, 0, pdl=False)  # CuPy's own call
-    assert plain == [(((1,), (32,), args), {"shared_mem": 0})]
+    assert plain == [(((1,), (32,), args), {"shared_mem": 0, "stream": None})]
 
 
 def test_environment_switch(monkeypatch):
