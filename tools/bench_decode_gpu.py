@@ -4,7 +4,8 @@
     python tools/bench_decode_gpu.py --tiny --device cpu   # smoke test of the script itself
     python tools/bench_decode_gpu.py --compile --profile 8  # + where a compiled step's time goes
     python tools/bench_decode_gpu.py --compile --fuse  # + each variant with q/k/v and gate/up fused
-    python tools/bench_decode_gpu.py --pdl-ab          # + the graph loops with PDL flipped (GPTQ_EXPORT_PDL)
+    python tools/bench_decode_gpu.py --env-ab GPTQ_EXPORT_PDL=1 GPTQ_EXPORT_TORCH_DIRECT=1
+                                  # + each quantized variant's loops again under each setting
     python tools/bench_decode_gpu.py --profile-eager 8  # + where an eager step's host time goes (cProfile)
 
 The model is a randomly initialised transformers LlamaForCausalLM (quantization quality is
@@ -35,8 +36,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from gptq_export.kernels.launch import ENV as PDL_ENV
 
 
 def build_model(args, device):
@@ -242,6 +241,30 @@ def decode_static(model, prompt, new, device, graph: bool, compiled: bool = Fals
     return torch.cat(toks, 1), tok_s, prefill_ms, step_err, prof
 
 
+def time_with_env(setting: str, model, prompt, args, device, use_graph: bool, ref_tokens) -> dict:
+    """Tokens/s of the static-eager, graph and (--compile) compiled loops with the environment
+    variables of `setting` ("NAME=VALUE", several joined by commas) set; previous values restored."""
+    pairs = [p.partition("=")[::2] for p in setting.split(",")]
+    saved = {name: os.environ.get(name) for name, _ in pairs}
+    os.environ.update(dict(pairs))
+    try:
+        toks, out = None, {}
+        for _ in range(2):  # a first run may compile or load kernels
+            toks, out["static_eager_tok_s"], _, _, _ = decode_static(model, prompt, args.new, device, graph=False)
+        if use_graph:
+            out["static_graph_tok_s"] = decode_static(model, prompt, args.new, device, graph=True)[1]
+        if args.compile:
+            out["compiled_tok_s"] = decode_static(model, prompt, args.new, device, graph=use_graph, compiled=True)[1]
+        out["token_match"] = float((toks == ref_tokens).float().mean())
+        return out
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def weight_bytes(model) -> int:
     from gptq_export.quant_linear_module import QuantLinear
 
@@ -276,9 +299,10 @@ def main() -> None:
                          "gptq_export.fuse_linears)")
     ap.add_argument("--profile-eager", type=int, default=0, metavar="STEPS",
                     help="cProfile that many eager static-loop steps per variant: where the host's time goes")
-    ap.add_argument("--pdl-ab", action="store_true",
-                    help="also time each quantized variant's CUDA-graph (and compiled) loop with programmatic "
-                         "dependent launch flipped (GPTQ_EXPORT_PDL; kernels/launch.py)")
+    ap.add_argument("--env-ab", nargs="+", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                    help="also time each quantized variant's static-eager and CUDA-graph (and compiled) loops with "
+                         "each of these environment settings, e.g. GPTQ_EXPORT_PDL=1 (kernels/launch.py), "
+                         "GPTQ_EXPORT_TORCH_DIRECT=1 (kernels/torch_cuda.py), or both joined by a comma")
     ap.add_argument("--only", nargs="+", metavar="VARIANT",
                     help="run only these variants, e.g. w4g128 'w4g128 fused' (the first is the ratios' base)")
     args = ap.parse_args()
@@ -343,24 +367,9 @@ def main() -> None:
                 if prof:
                     row["profile"] = prof
                 row["compiled_vs_eager_token_match"] = float((toks_c == toks_s).float().mean())
-            if args.pdl_ab and use_graph and bits is not None:  # the same loops with PDL flipped
-                from gptq_export.kernels.launch import pdl_default
-
-                row["pdl"] = pdl_default()
-                saved = os.environ.get(PDL_ENV)
-                os.environ[PDL_ENV] = "0" if row["pdl"] else "1"
-                try:
-                    toks_f, row["static_graph_pdl_flipped_tok_s"], _, _, _ = decode_static(
-                        model, prompt, args.new, device, graph=True)
-                    row["pdl_flipped_vs_eager_token_match"] = float((toks_f == toks_s).float().mean())
-                    if args.compile:
-                        row["compiled_pdl_flipped_tok_s"] = decode_static(model, prompt, args.new, device, graph=True,
-                                                                          compiled=True)[1]
-                finally:
-                    if saved is None:
-                        os.environ.pop(PDL_ENV)
-                    else:
-                        os.environ[PDL_ENV] = saved
+            for setting in args.env_ab if bits is not None else ():  # the same loops under each setting
+                row.setdefault("env_ab", {})[setting] = time_with_env(setting, model, prompt, args, device, use_graph,
+                                                                      toks_s)
             if ref_tokens is None:
                 ref_tokens = toks_s
             row["token_match_vs_fp16"] = float((toks_s == ref_tokens).float().mean())
@@ -421,15 +430,12 @@ def main() -> None:
             print(f"  {f['cum_us_per_token']:>9.0f} us cum {f['self_us_per_token']:>8.0f} us self "
                   f"{f['calls_per_token']:>6.0f}x  {f['func'][:90]}")
     for r in rows:
-        if "static_graph_pdl_flipped_tok_s" not in r:
-            continue
-        on, off = ("", "_pdl_flipped") if r["pdl"] else ("_pdl_flipped", "")
-        g_on, g_off = r[f"static_graph{on}_tok_s"], r[f"static_graph{off}_tok_s"]
-        line = f"{r['variant']}: PDL on / off, graph {g_on:.1f} / {g_off:.1f} tokens/s ({g_on / g_off:.3f}x)"
-        if f"compiled{on}_tok_s" in r and f"compiled{off}_tok_s" in r:
-            c_on, c_off = r[f"compiled{on}_tok_s"], r[f"compiled{off}_tok_s"]
-            line += f", compiled {c_on:.1f} / {c_off:.1f} ({c_on / c_off:.3f}x)"
-        print(line + f"; flipped run's tokens equal to eager's: {r['pdl_flipped_vs_eager_token_match']:.2f}")
+        for setting, ab in r.get("env_ab", {}).items():
+            cells = [f"{loop} {ab[key]:.1f} ({ab[key] / r[key]:.3f}x)" for loop, key in
+                     (("static", "static_eager_tok_s"), ("graph", "static_graph_tok_s"), ("compiled", "compiled_tok_s"))
+                     if key in ab and r.get(key)]
+            print(f"{r['variant']} with {setting}: " + ", ".join(cells)
+                  + f" tokens/s (x = over the row's own); tokens equal to eager's: {ab['token_match']:.2f}")
     if args.compile:
         errs = ", ".join(f"{r['variant']} {r['compiled_step_logits_rel_err']:.1e}" for r in rows
                          if r.get("compiled_step_logits_rel_err") is not None)

@@ -11,9 +11,9 @@
 #   STAGES=test TEST_PATHS=tests/kernels/test_cuda_wgmma.py bash tools/gpu_run.sh   # some tests only
 #   STAGES="probe test" PROBE_SHAPES="8192x28672x512 4096x11008x512" PROBE_ARGS="--variants --tiles ..." \
 #     bash tools/gpu_run.sh                   # tools/probe_wgmma.py on each K x N x M first (probe.log)
-#   STAGES=pdl PRECOMPILE=0 bash tools/gpu_run.sh   # programmatic dependent launch: its GPU tests,
-#                                             # tools/probe_pdl.py, bench_decode_gpu.py --pdl-ab
-#                                             # --profile-eager 8 (pdl.log)
+#   STAGES=pdl PRECOMPILE=0 bash tools/gpu_run.sh   # the opt-in launch paths (PDL, the direct
+#                                             # torch launch): their GPU tests, tools/probe_pdl.py,
+#                                             # bench_decode_gpu.py --env-ab ... --profile-eager 8 (pdl.log)
 #
 # Needs python3 with torch (CUDA), cupy, transformers, onnxruntime, pytest. onnxruntime-extensions
 # (for the onnxruntime device="cuda" test) is installed from ./.whl/*.whl when that folder exists.
@@ -80,14 +80,16 @@ fi
 if [[ " $STAGES " == *" pdl "* ]]; then
   (
     rc=0
-    echo "== pytest -m gpu tests/kernels/test_launch.py"
-    timeout "${TEST_TIMEOUT:-300}" "$PY" -P -m pytest -m gpu -q -p no:cacheprovider -rfE tests/kernels/test_launch.py || rc=1
+    echo "== pytest -m gpu: PDL and direct-launch tests"
+    timeout "${TEST_TIMEOUT:-300}" "$PY" -P -m pytest -m gpu -q -p no:cacheprovider -rfE tests/kernels/test_launch.py \
+      tests/kernels/test_cuda.py -k "pdl or direct" || rc=1
     echo "== probe_pdl"
     # shellcheck disable=SC2086
     timeout "${PROBE_TIMEOUT:-300}" "$PY" tools/probe_pdl.py ${PDL_ARGS:---bits 4 3} || rc=1
-    echo "== bench_decode_gpu --pdl-ab"
+    echo "== bench_decode_gpu --env-ab"
     # shellcheck disable=SC2086
-    timeout "${DECODE_TIMEOUT:-240}" "$PY" tools/bench_decode_gpu.py --pdl-ab ${DECODE_ARGS:---bits 4 --profile-eager 8} || rc=1
+    timeout "${DECODE_TIMEOUT:-300}" "$PY" tools/bench_decode_gpu.py ${DECODE_ARGS:---bits 4 --profile-eager 8} --env-ab \
+      GPTQ_EXPORT_PDL=1 GPTQ_EXPORT_TORCH_DIRECT=1 GPTQ_EXPORT_PDL=1,GPTQ_EXPORT_TORCH_DIRECT=1 || rc=1
     exit $rc
   ) 2>&1 | tee "$OUT/pdl.log" || status=1
 fi
@@ -127,7 +129,7 @@ fi
 echo
 echo "================ summary (status $status)"
 [ -f "$OUT/probe.log" ] && grep -E "^[0-9]+ x [0-9]+|^  " "$OUT/probe.log" | cut -c1-400
-[ -f "$OUT/pdl.log" ] && grep -E "passed|failed|^ *[34] |^[A-Z].*us per matmul|PDL on / off|^(FAILED|ERROR) |cProfile|us cum" "$OUT/pdl.log" | cut -c1-220
+[ -f "$OUT/pdl.log" ] && grep -E "passed|failed|^ *[34] |^[A-Z].*us per matmul|with GPTQ_EXPORT|^(FAILED|ERROR) |cProfile|us cum" "$OUT/pdl.log" | cut -c1-220
 [ -f "$OUT/pytest.log" ] && grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)" "$OUT/pytest.log" | cut -c1-220 | tail -n 30
 [ -f "$OUT/bench.log" ] && sed -n '/copy bandwidth (read/p' "$OUT/bench.log" && sed -n '/^.*: copy .* GB\/s, read/,$p' "$OUT/bench.log"
 [ -f "$OUT/bench.log" ] && sed -n '/^sweep (us/,/^$/p' "$OUT/bench.log"
