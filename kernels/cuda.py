@@ -38,7 +38,7 @@ make ``half2(1024 + q_lo, 1024 + q_hi)``:
 Paths of `quant_matmul` (M = rows of x):
 
 - M <= MAX_FUSED_M (M < MMA_MIN_M for bits in MMA_BITS): `qgemm_small`, one fused tensor-core kernel that streams the packed weights
-  once (see gptq_cuda.cu). Each block takes 16 output columns, or 32 for M <= 8 with 3/4 bits when
+  once (see gptq_cuda.cu; launched through kernels/cuda_fused.py, its plan cached per layer). Each block takes 16 output columns, or 32 for M <= 8 with 3/4 bits when
   N is wide enough (NT2_BLOCKS_PER_SM). x is read from global memory (4 blocks per SM for 3/4 bits),
   staged in shared memory only for M = 1 with 3 bits on large matrices. Act-order, fp32 or unaligned x first go through `prep_x` (one small
   kernel: x in K' order, fp16). `qgemm_split` (M <= 8, on request: `cs=2` or `4`) splits K over a
