@@ -395,13 +395,9 @@ def gather_x(layer: GpuLinear, x2, out=None):
     elif (not isinstance(out, cp.ndarray) or out.dtype != cp.float16 or out.shape != (M, lay.Kp)
           or not out.flags.c_contiguous):
         raise ValueError(f"the x buffer must be a C-contiguous CuPy float16 array of shape {(M, lay.Kp)}")
-    pairs = M * lay.Kp // 2
-    if pairs:
-        function("prep_x")(
-            ((pairs + THREADS - 1) // THREADS,), (THREADS,),
-            (x2, _i32(lay.K), _i32(lay.K), _i32(x2.dtype == cp.float32), _i32(int(not lay.direct)), layer.perm,
-             out, _i32(M), _i32(lay.Kp)),
-        )
+    from .cuda_fused import launch_prep
+
+    launch_prep(layer, M, x2, x2.dtype == cp.float32, out)
     return out
 
 

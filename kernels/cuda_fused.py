@@ -98,3 +98,15 @@ def launch_fused(layer: kc.GpuLinear, plan: FusedPlan, M: int, x, bias, out, *, 
          i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(upg), i32(ushift)),
         p.smem, pdl=pdl, stream=stream,
     )
+
+
+def launch_prep(layer: kc.GpuLinear, M: int, x, x_f32: bool, out, *, stream=None) -> None:
+    """prep_x: x [M, K] (fp16, or fp32 where `x_f32`; any alignment) -> fp16 [M, K'] in K' order
+    (zeros at padding) at `out`, on `stream` (None: CuPy's current one). x, out: CuPy arrays or
+    device pointers (np.uint64); `kernels.cuda.gather_x` is the checked entry point."""
+    lay, i32 = layer.layout, np.int32
+    pairs = M * lay.Kp // 2
+    if pairs:
+        launch(kc.function("prep_x"), ((pairs + kc.THREADS - 1) // kc.THREADS,), (kc.THREADS,),
+               (x, i32(lay.K), i32(lay.K), i32(x_f32), i32(not lay.direct), layer.perm, out, i32(M), i32(lay.Kp)),
+               stream=stream)

@@ -163,21 +163,29 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
 
 
 def _direct(x2: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None, M: int) -> torch.Tensor | None:
-    """y = x2 @ W + bias through the one-token kernel launched straight from the tensors (device
-    pointers on PyTorch's current stream: no DLPack views, no CuPy device / stream context, the
-    launch plan cached on the layer), where x2 [M, K] is fp16, readable in place and on CuPy's
-    current device, and bias (if any) a contiguous fp32 [N]; else None (the general path)."""
+    """y = x2 @ W + bias through the one-token kernel (and prep_x first where x must be gathered
+    or cast) launched straight from the tensors: device pointers on PyTorch's current stream, no
+    DLPack views, no CuPy device / stream context, the launch plan cached on the layer. x2 [M, K]
+    fp16 or fp32, contiguous, on CuPy's current device; bias (if any) a contiguous fp32 [N]; else
+    None (the general path)."""
     import cupy
 
     lay = layer.layout
     index = x2.device.index if x2.device.index is not None else torch.cuda.current_device()
-    if (x2.dtype != torch.float16 or not lay.direct or x2.data_ptr() % 16 or cupy.cuda.runtime.getDevice() != index
+    if (x2.dtype not in (torch.float16, torch.float32) or cupy.cuda.runtime.getDevice() != index
             or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))):
         return None
-    plan = kf.fused_plan(layer, M, False, True, True)
-    y = torch.empty((M, lay.N), dtype=torch.float16, device=x2.device)
-    kf.launch_fused(layer, plan, M, np.uint64(x2.data_ptr()), None if bias is None else np.uint64(bias.data_ptr()),
-                    np.uint64(y.data_ptr()), out_f32=False, stream=_stream(index))
+    f32, aligned = x2.dtype == torch.float32, x2.data_ptr() % 16 == 0
+    plan = kf.fused_plan(layer, M, f32, not f32 and lay.direct and aligned, aligned)  # as kernels.cuda.x_in_place
+    stream = _stream(index)
+    xin = np.uint64(x2.data_ptr())
+    if plan.prep:  # x in K' order, fp16, first (as quant_matmul does)
+        xg = torch.empty((M, lay.Kp), dtype=torch.float16, device=x2.device)
+        kf.launch_prep(layer, M, xin, f32, np.uint64(xg.data_ptr()), stream=stream)
+        xin = np.uint64(xg.data_ptr())
+    y = torch.empty((M, lay.N), dtype=x2.dtype, device=x2.device)
+    kf.launch_fused(layer, plan, M, xin, None if bias is None else np.uint64(bias.data_ptr()),
+                    np.uint64(y.data_ptr()), out_f32=f32, stream=stream)
     return y
 
 

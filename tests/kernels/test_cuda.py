@@ -488,25 +488,28 @@ def test_torch_layer_cache_follows_the_tensors(torch_cuda):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", (3, 4))
 @pytest.mark.parametrize("M", (1, 2, 8))
-def test_torch_direct_launch_gives_the_general_path_bits(torch_cuda, monkeypatch, bits, M):
+@pytest.mark.parametrize("act", (False, True))
+def test_torch_direct_launch_gives_the_general_path_bits(torch_cuda, monkeypatch, bits, M, act):
     """kernels.torch_cuda's direct launch (GPTQ_EXPORT_TORCH_DIRECT=1: device pointers on
-    PyTorch's stream) against the general path, also inside a captured CUDA graph."""
+    PyTorch's stream; prep_x first for act-order and fp32 x) against the general path, also inside
+    a captured CUDA graph."""
     torch = torch_cuda
     from gptq_export.kernels import torch_cuda as tc
 
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
     K, N = 2048, 768
-    layer = [torch.from_numpy(a).cuda() for a in random_layer(rng, bits, K, N, 128, False)]
+    layer = [torch.from_numpy(a).cuda() for a in random_layer(rng, bits, K, N, 128, act)]
     gl = tc.gpu_linear(*layer, bits, K, N, layer[0].device)
     x = torch.randn(M, K, device="cuda").half()
     bias = torch.randn(N, device="cuda")
+    cases = [(x, bias), (x, None), (x.float(), bias)]
     monkeypatch.delenv(tc.DIRECT_ENV, raising=False)
-    want = [tc.linear(x, gl, b).cpu() for b in (bias, None)]
+    want = [tc.linear(a, gl, b).cpu() for a, b in cases]
     monkeypatch.setenv(tc.DIRECT_ENV, "1")
     assert tc._direct(x, gl, bias, M) is not None  # the direct path does apply here
-    for b, w in zip((bias, None), want, strict=True):
-        torch.testing.assert_close(tc.linear(x, gl, b).cpu(), w, rtol=0, atol=0, msg=f"seed {seed}")
+    for (a, b), w in zip(cases, want, strict=True):
+        torch.testing.assert_close(tc.linear(a, gl, b).cpu(), w, rtol=0, atol=0, msg=f"{a.dtype} seed {seed}")
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -89,27 +89,45 @@ def test_plans_are_cached_per_row_count_and_kind_of_x(launches):
         kf.fused_plan(gl, 20, False, False, True, cs=2)
 
 
-@pytest.mark.parametrize("M,with_bias", [(1, True), (3, False)])
-def test_torch_direct_launch_equals_quant_matmul(launches, monkeypatch, M, with_bias):
+@pytest.mark.parametrize("M,with_bias,act,dtype,offset", [
+    (1, True, False, torch.float16, 0),  # read in place
+    (3, False, False, torch.float16, 0),
+    (1, True, True, torch.float16, 0),  # act-order: prep_x first
+    (2, True, False, torch.float32, 0),  # fp32: prep_x casts
+    (1, False, False, torch.float16, 1),  # rows not 16-byte aligned: prep_x
+])
+def test_torch_direct_launch_equals_quant_matmul(launches, monkeypatch, M, with_bias, act, dtype, offset):
     """kernels.torch_cuda._direct (device pointers of the tensors, PyTorch's stream) makes the
-    launch quant_matmul makes for the same memory."""
-    gl = fake_layer(4, 2048, 512)
+    launches quant_matmul makes for the same memory."""
+    gl = fake_layer(4, 2048, 512, act)
     stream = object()
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(tc, "_stream", lambda index: stream)
-    x = torch.zeros((M, 2048), dtype=torch.float16)
+    x = torch.zeros(M * 2048 + offset, dtype=dtype)[offset:].view(M, 2048)
     bias = torch.zeros(512, dtype=torch.float32) if with_bias else None
     y = tc._direct(x, gl, bias, M)
-    assert y is not None and y.shape == (M, 512) and y.dtype == torch.float16
-    name, grid, block, vals, smem, s = launches[0]
-    assert s is stream and vals[0] == x.data_ptr() and vals[9] == y.data_ptr()
-    assert vals[8] == (bias.data_ptr() if with_bias else 0)
-    kc.quant_matmul(FakeArray((M, 2048), np.float16, x.data_ptr()), gl,
+    assert y is not None and y.shape == (M, 512) and y.dtype == dtype
+    direct = list(launches)
+    prep = direct[0][0] == "prep_x"
+    assert len(direct) == 1 + prep and prep == (act or dtype == torch.float32 or offset != 0)
+    assert all(s is stream for *_, s in direct) and direct[0][3][0] == x.data_ptr()
+    name, grid, block, vals, smem, _ = direct[-1]
+    assert vals[9] == y.data_ptr() and vals[8] == (bias.data_ptr() if with_bias else 0)
+    launches.clear()
+    xbuf = FakeArray((M, gl.layout.Kp), np.float16, direct[0][3][6]) if prep else None  # prep_x's output
+    kc.quant_matmul(FakeArray((M, 2048), np.dtype(str(dtype).split(".")[1]), x.data_ptr()), gl,
                     FakeArray((512,), np.float32, bias.data_ptr()) if with_bias else None,
-                    FakeArray((M, 512), np.float16, y.data_ptr()), path="fused")
-    assert launches[1][:5] == (name, grid, block, vals, smem) and launches[1][5] is None  # CuPy's current stream
-    # not for it: fp32 x, unaligned rows, fp16 bias -> the general path (None)
-    assert tc._direct(x.float(), gl, bias, M) is None
-    assert tc._direct(torch.zeros(M * 2048 + 1, dtype=torch.float16)[1:].view(M, 2048), gl, bias, M) is None
-    assert tc._direct(x, gl, torch.zeros(512, dtype=torch.float16), M) is None
-    assert len(launches) == 2
+                    FakeArray((M, 512), np.dtype(str(dtype).split(".")[1]), y.data_ptr()), path="fused", xbuf=xbuf)
+    assert [r[:5] for r in launches] == [r[:5] for r in direct]
+    assert all(r[5] is None for r in launches)  # quant_matmul: CuPy's current stream
+
+
+def test_torch_direct_launch_leaves_other_inputs_to_the_general_path(launches, monkeypatch):
+    gl = fake_layer(4, 2048, 512)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    x = torch.zeros((1, 2048), dtype=torch.float16)
+    assert tc._direct(x, gl, torch.zeros(512, dtype=torch.float16), 1) is None  # an fp16 bias
+    assert tc._direct(x.bfloat16(), gl, None, 1) is None  # linear() casts bf16 to fp16 before
+    sys.modules["cupy"].cuda.runtime.getDevice = lambda: 1  # x on another device than CuPy's
+    assert tc._direct(x, gl, None, 1) is None
+    assert launches == []
