@@ -371,10 +371,15 @@ def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None, nt: int 
     return 0
 
 
+def reads_in_place(layer: GpuLinear, x_f32: bool, aligned: bool) -> bool:
+    """Whether the kernels read x (fp32 or fp16, rows 16-byte aligned or not) as it is: by
+    16-byte loads in K' order, which needs fp16, the direct layout and aligned rows."""
+    return not x_f32 and layer.layout.direct and aligned
+
+
 def x_in_place(layer: GpuLinear, x2) -> bool:
-    """x readable by 16-byte loads in K' order: fp16, direct layout, 16-byte aligned rows."""
-    cp = _cupy()
-    return x2.dtype == cp.float16 and layer.layout.direct and x2.data.ptr % 16 == 0
+    """`reads_in_place` for the CuPy array x2 (fp16 or fp32)."""
+    return reads_in_place(layer, x2.dtype == _cupy().float32, x2.data.ptr % 16 == 0)
 
 
 def prep_x_needed(layer: GpuLinear, x2, M: int | None = None, mt: int | None = None, xs: bool | None = None) -> bool:
@@ -476,8 +481,8 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
     if path == "fused":
         from .cuda_fused import fused_plan, launch_fused
 
-        plan = fused_plan(layer, M, x2.dtype == cp.float32, x_in_place(layer, x2), x2.data.ptr % 16 == 0,
-                          mt=mt, nt=nt, xs=xs, occ=occ, cs=cs, pd=pd)
+        plan = fused_plan(layer, M, x2.dtype == cp.float32, x2.data.ptr % 16 == 0, mt=mt, nt=nt, xs=xs, occ=occ,
+                          cs=cs, pd=pd)
         launch_fused(layer, plan, M, gather_x(layer, x2, xbuf) if plan.prep else x2, bias, out, pdl=pdl)
         return out
     if path != "dequant":

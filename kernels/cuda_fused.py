@@ -17,16 +17,11 @@ from .launch import launch, pdl_default, pdl_supported, sm90
 
 @dataclass(frozen=True)
 class FusedPlan:
-    """One launch configuration of the fused small-M kernel (`fused_plan`): its template
-    arguments, whether x first goes through `gather_x` (prep) or the kernel's staging gathers it
-    (gather), and x's leading dimension / columns / fp32 flag as the kernel then reads it."""
+    """One launch configuration of the fused small-M kernel (`fused_plan`): its kernel, whether x
+    first goes through `gather_x` (prep) or the kernel's staging gathers it (gather), and x's
+    leading dimension / columns / fp32 flag as the kernel then reads it."""
 
-    mt: int
-    nt: int
-    xs: bool
-    occ: int
-    cs: int
-    pd: int
+    names: tuple[str, str]  # the kernel's name expression, plain and for PDL launches
     prep: bool
     gather: int
     ldx: int
@@ -34,15 +29,16 @@ class FusedPlan:
     x_f32: int
     smem: int
     grid: tuple[int, int]
+    ushift: int  # log2 of the layout's units per group, or -1
 
 
-def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, in_place: bool, aligned: bool, *, mt: int | None = None,
+def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, aligned: bool, *, mt: int | None = None,
                nt: int | None = None, xs: bool | None = None, occ: int | None = None, cs: int | None = None,
                pd: int | None = None) -> FusedPlan:
-    """The fused kernel's configuration for M rows of x (fp32 or fp16; `x_in_place`; rows
-    16-byte aligned) and the options of `quant_matmul`; worked out once per layer, device and
-    arguments (cached on the layer: the per-call host work of a decode step)."""
-    key = (kc._cupy().cuda.runtime.getDevice(), M, x_f32, in_place, aligned, mt, nt, xs, occ, cs, pd)
+    """The fused kernel's configuration for M rows of x (fp32 or fp16; rows 16-byte aligned or
+    not) and the options of `quant_matmul`; worked out once per layer, device and arguments
+    (cached on the layer: the per-call host work of a decode step)."""
+    key = (kc._cupy().cuda.runtime.getDevice(), M, x_f32, aligned, mt, nt, xs, occ, cs, pd)
     plan = layer.plans.get(key)
     if plan is not None:
         return plan
@@ -61,14 +57,16 @@ def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, in_place: bool, aligned
     occ = so if xs else (occ or kc.default_occ_global(lay.bits, mt, lay.gstc))
     cs = cs or 1
     prep, gather, ldx, kx, xf = False, 0, lay.K, lay.K, int(x_f32)
-    if not in_place:
+    if not kc.reads_in_place(layer, x_f32, aligned):
         if xs and explicit:  # the kernel's staging gathers / casts x itself
             gather = int(not lay.direct or not aligned)
         else:  # x in K' order, fp16, first (a small kernel): faster than gathering per block
             prep, ldx, kx, xf = True, lay.Kp, lay.Kp, 0
-    plan = layer.plans[key] = FusedPlan(mt, nt, xs, occ, cs, pd, prep, gather, ldx, kx, xf,
-                                        M * (lay.Kp + 8) * 2 if xs else 0,
-                                        (lay.Np // (16 * nt) * cs, -(-M // (8 * mt))))
+    names = tuple(kc.small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs, pdl) for pdl in (False, True))
+    upg = lay.upg
+    plan = layer.plans[key] = FusedPlan(names, prep, gather, ldx, kx, xf, M * (lay.Kp + 8) * 2 if xs else 0,
+                                        (lay.Np // (16 * nt) * cs, -(-M // (8 * mt))),
+                                        upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1)
     return plan
 
 
@@ -87,15 +85,12 @@ def launch_fused(layer: kc.GpuLinear, plan: FusedPlan, M: int, x, bias, out, *, 
     if pdl and not pdl_supported():
         raise ValueError("pdl=True needs an sm_90+ GPU (H100 / H200) and a driver with cuLaunchKernelEx")
     pdl, layer.pdl_ready = pdl and layer.pdl_ready, True  # the first launch is a plain one
-    upg = lay.upg
-    ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
     p, i32 = plan, np.int32
-    name = kc.small_kernel_name(lay.bits, p.mt, p.nt, lay.gstc, p.xs, p.occ, p.pd, p.cs, pdl)
     launch(
-        kc.function(name), p.grid, (kc.THREADS,),
+        kc.function(p.names[pdl]), p.grid, (kc.THREADS,),
         (x, i32(p.ldx), i32(p.kx), i32(p.x_f32), i32(p.gather), layer.qw, layer.sz, layer.perm,
          bias if bias is not None else np.uint64(0), out, i32(lay.N), i32(out_f32),
-         i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(upg), i32(ushift)),
+         i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(lay.upg), i32(p.ushift)),
         p.smem, pdl=pdl, stream=stream,
     )
 

@@ -42,6 +42,19 @@ def random_layer(rng, bits, K, N, group, act_order):
     return pack_codes(codes, bits), scales, pack_zeros(zeros, bits), g_idx.astype(np.int32)
 
 
+def gpu_case(bits, case, M, bias: bool):
+    """Fresh data for one GPU check of `case` (K, N, group, act-order) with M rows: (seed,
+    GpuLinear, x fp16 [M, K], fp32 bias or None, float64 reference of x @ W + bias)."""
+    seed = fresh_seed()
+    rng = np.random.default_rng(seed)
+    K, N, group, act = case
+    layer = random_layer(rng, bits, K, N, group, act)
+    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
+    x = rng.standard_normal((M, K)).astype(np.float16)
+    b = rng.standard_normal(N).astype(np.float32) if bias else None
+    return seed, gl, x, b, quant_matmul(x.astype(np.float64), *layer, b, bits, K, N)
+
+
 def rel_err(out, ref) -> float:
     return float(np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref))
 
@@ -236,14 +249,8 @@ def _run(cp, gl, x, bias, path="auto", **kw):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("M", [1, 2, 3, 16, 17, 40, 100])
 def test_gpu_matmul_matches_float64_reference(cp, bits, case, M):
-    seed = fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, group, act = case
-    layer = random_layer(rng, bits, K, N, group, act)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    x = rng.standard_normal((M, K)).astype(np.float16)
-    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
-    ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
+    seed, gl, x, bias, ref = gpu_case(bits, case, M, bias=M % 2 == 1)
+    K, N = case[:2]
     for path in ("auto", "fused") if kc.auto_path(gl, M) != "fused" else ("auto",):
         got = _run(cp, gl, cp.asarray(x), cp.asarray(bias) if bias is not None else None, path=path)
         assert got.dtype == np.float16 and got.shape == (M, N)

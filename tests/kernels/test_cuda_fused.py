@@ -67,7 +67,7 @@ def fake_layer(bits, K, N, act=False):
 @pytest.mark.parametrize("bits,K,N,M", [(4, 2048, 512, 1), (3, 8192, 28672, 1), (4, 4096, 1024, 3), (8, 576, 200, 8)])
 def test_pointers_launch_what_arrays_launch(launches, bits, K, N, M):
     gl = fake_layer(bits, K, N)
-    plan = kf.fused_plan(gl, M, False, True, True)
+    plan = kf.fused_plan(gl, M, False, True)
     x, out, bias = FakeArray((M, K), np.float16, 0x1000), FakeArray((M, N), np.float16, 0x2000), FakeArray((N,), np.float32, 0x3000)
     kf.launch_fused(gl, plan, M, x, bias, out)
     kf.launch_fused(gl, plan, M, np.uint64(0x1000), np.uint64(0x3000), np.uint64(0x2000), out_f32=False)
@@ -79,14 +79,14 @@ def test_pointers_launch_what_arrays_launch(launches, bits, K, N, M):
 
 def test_plans_are_cached_per_row_count_and_kind_of_x(launches):
     gl = fake_layer(4, 1000, 77, act=True)
-    a = kf.fused_plan(gl, 1, False, False, True)
-    assert kf.fused_plan(gl, 1, False, False, True) is a
+    a = kf.fused_plan(gl, 1, False, True)
+    assert kf.fused_plan(gl, 1, False, True) is a and a.names[1] == a.names[0].replace("<", "_pdl<", 1)
     assert a.prep and (a.ldx, a.kx, a.x_f32) == (gl.layout.Kp, gl.layout.Kp, 0)  # act-order: x through prep_x
-    b = kf.fused_plan(gl, 1, True, False, False, xs=True)  # the staging gathers / casts x itself
+    b = kf.fused_plan(gl, 1, True, False, xs=True)  # the staging gathers / casts x itself
     assert not b.prep and b.gather == 1 and b.x_f32 == 1 and b.smem == (gl.layout.Kp + 8) * 2
-    assert kf.fused_plan(gl, 2, False, False, True) is not a and len(gl.plans) == 3
+    assert kf.fused_plan(gl, 2, False, True) is not a and len(gl.plans) == 3
     with pytest.raises(ValueError, match="cs must be"):
-        kf.fused_plan(gl, 20, False, False, True, cs=2)
+        kf.fused_plan(gl, 20, False, True, cs=2)
 
 
 @pytest.mark.parametrize("M,with_bias,act,dtype,offset", [

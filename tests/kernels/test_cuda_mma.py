@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import test_cuda
-from test_cuda import fresh_seed, random_layer, rel_err
+from test_cuda import fresh_seed, gpu_case, random_layer, rel_err
 
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import cuda_mma as km
@@ -149,14 +149,8 @@ def _plans(bits, M):
 def check_reference(cp, bits, case, M, path: str, plans) -> None:
     """`path` with every (tile, split) of `plans` equals the float64 reference (fresh data; bias on
     odd M). Shared with test_cuda_wgmma.py."""
-    seed = fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, group, act = case
-    layer = random_layer(rng, bits, K, N, group, act)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    x = rng.standard_normal((M, K)).astype(np.float16)
-    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
-    ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
+    seed, gl, x, bias, ref = gpu_case(bits, case, M, bias=M % 2 == 1)
+    K, N = case[:2]
     xd = cp.asarray(x)
     bd = cp.asarray(bias) if bias is not None else None
     for tile, split in plans(bits, gl.layout.gstc, M):

@@ -10,11 +10,10 @@ import sys
 import numpy as np
 import pytest
 import test_cuda
-from test_cuda import fresh_seed, random_layer, rel_err
+from test_cuda import fresh_seed, gpu_case, random_layer, rel_err
 
 from gptq_export.kernels import cuda as kc
 from gptq_export.kernels import launch as kl
-from gptq_export.kernels.reference import quant_matmul
 
 
 def test_driver_structures_match_cuda_h():
@@ -134,14 +133,8 @@ def pdl(cuda):
 @pytest.mark.parametrize("case", [(576, 200, 128, False), (1000, 77, 128, True), (4096, 1024, 128, False)])
 def test_gpu_pdl_launch_equals_ordinary_launch(pdl, bits, M, case):
     cp = pdl
-    seed = fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N, group, act = case
-    layer = random_layer(rng, bits, K, N, group, act)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    x = rng.standard_normal((M, K)).astype(np.float16)
-    bias = rng.standard_normal(N).astype(np.float32)
-    ref = quant_matmul(x.astype(np.float64), *layer, bias.astype(np.float64), bits, K, N)
+    seed, gl, x, bias, ref = gpu_case(bits, case, M, bias=True)
+    N = case[1]
     got = {}
     assert not gl.pdl_ready  # so the first launch below is a plain one, whatever is asked
     for flag in (True, False, True):
