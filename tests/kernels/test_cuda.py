@@ -445,10 +445,10 @@ def test_gpu_rejects_bad_arguments(cp):
 
 
 @pytest.fixture(scope="module")
-def torch_cuda(cp):
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch has no CUDA device")
+def torch_cuda(cp, cuda):
+    """The torch module where CuPy and PyTorch both reach a GPU (tests/conftest.py's `cuda`)."""
+    import torch
+
     return torch
 
 
