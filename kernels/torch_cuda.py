@@ -22,9 +22,13 @@ from . import cuda_fused as kf
 _lock = threading.Lock()
 _layers: dict[int, tuple[weakref.ref, tuple, kc.GpuLinear]] = {}
 _streams: dict[tuple[int, int], object] = {}
-#: Environment switch of `linear`'s direct launch of the one-token kernel ("1": on; read per
-#: call). Off by default until measured on a GPU (tools/bench_decode_gpu.py --env-ab).
+#: Environment switch of `linear`'s direct launch of the one-token kernel ("0": off, the general
+#: path through DLPack views and a CuPy context; read per call). On by default: 1.77x the eager
+#: decode speed on an H100 (docs/gpu-results.md, twelfth session).
 DIRECT_ENV = "GPTQ_EXPORT_TORCH_DIRECT"
+#: cudaStream_t of PyTorch's current stream on a device, without building a torch.cuda.Stream
+#: (what Inductor's generated code calls); None in CPU-only builds of PyTorch.
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 def to_cupy(t: torch.Tensor, device: torch.device | None = None):
@@ -44,7 +48,7 @@ def _stream(index: int):
     """PyTorch's current stream on device `index`, as a CuPy stream (made once per stream)."""
     import cupy
 
-    ptr = torch.cuda.current_stream(index).cuda_stream
+    ptr = _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
     stream = _streams.get((index, ptr))
     if stream is None:
         stream = _streams[(index, ptr)] = cupy.cuda.ExternalStream(ptr, index)
@@ -122,7 +126,7 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
         return x.new_empty((*x.shape[:-1], N))
     if path == "auto":
         path = kc.auto_path(layer, M)
-    if path == "fused" and os.environ.get(DIRECT_ENV) == "1":
+    if path == "fused" and os.environ.get(DIRECT_ENV) != "0":
         y = _direct(x2, layer, bias, M)
         if y is not None:
             return y.to(out_dtype).reshape(*x.shape[:-1], N)

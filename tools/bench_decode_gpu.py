@@ -4,7 +4,7 @@
     python tools/bench_decode_gpu.py --tiny --device cpu   # smoke test of the script itself
     python tools/bench_decode_gpu.py --compile --profile 8  # + where a compiled step's time goes
     python tools/bench_decode_gpu.py --compile --fuse  # + each variant with q/k/v and gate/up fused
-    python tools/bench_decode_gpu.py --env-ab GPTQ_EXPORT_PDL=1 GPTQ_EXPORT_TORCH_DIRECT=1
+    python tools/bench_decode_gpu.py --env-ab GPTQ_EXPORT_PDL=1 GPTQ_EXPORT_TORCH_DIRECT=0
                                   # + each quantized variant's loops again under each setting
     python tools/bench_decode_gpu.py --profile-eager 8  # + where an eager step's host time goes (cProfile)
 
@@ -302,7 +302,7 @@ def main() -> None:
     ap.add_argument("--env-ab", nargs="+", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
                     help="also time each quantized variant's static-eager and CUDA-graph (and compiled) loops with "
                          "each of these environment settings, e.g. GPTQ_EXPORT_PDL=1 (kernels/launch.py), "
-                         "GPTQ_EXPORT_TORCH_DIRECT=1 (kernels/torch_cuda.py), or both joined by a comma")
+                         "GPTQ_EXPORT_TORCH_DIRECT=0 (kernels/torch_cuda.py), or both joined by a comma")
     ap.add_argument("--only", nargs="+", metavar="VARIANT",
                     help="run only these variants, e.g. w4g128 'w4g128 fused' (the first is the ratios' base)")
     args = ap.parse_args()

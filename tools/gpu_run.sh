@@ -13,7 +13,7 @@
 #     bash tools/gpu_run.sh                   # tools/probe_wgmma.py on each K x N x M first (probe.log)
 #   STAGES=pdl PRECOMPILE=0 bash tools/gpu_run.sh   # the opt-in launch paths (PDL, the direct
 #                                             # torch launch): their GPU tests, tools/probe_pdl.py,
-#                                             # bench_decode_gpu.py --env-ab ... --profile-eager 8 (pdl.log)
+#                                             # bench_decode_gpu.py --env-ab $PDL_AB --profile-eager 8 (pdl.log)
 #
 # Needs python3 with torch (CUDA), cupy, transformers, onnxruntime, pytest. onnxruntime-extensions
 # (for the onnxruntime device="cuda" test) is installed from ./.whl/*.whl when that folder exists.
@@ -89,7 +89,7 @@ if [[ " $STAGES " == *" pdl "* ]]; then
     echo "== bench_decode_gpu --env-ab"
     # shellcheck disable=SC2086
     timeout "${DECODE_TIMEOUT:-300}" "$PY" tools/bench_decode_gpu.py ${DECODE_ARGS:---bits 4 --profile-eager 8} --env-ab \
-      GPTQ_EXPORT_PDL=1 GPTQ_EXPORT_TORCH_DIRECT=1 GPTQ_EXPORT_PDL=1,GPTQ_EXPORT_TORCH_DIRECT=1 || rc=1
+      ${PDL_AB:-GPTQ_EXPORT_PDL=1 GPTQ_EXPORT_TORCH_DIRECT=0 GPTQ_EXPORT_PDL=1,GPTQ_EXPORT_TORCH_DIRECT=0} || rc=1
     exit $rc
   ) 2>&1 | tee "$OUT/pdl.log" || status=1
 fi

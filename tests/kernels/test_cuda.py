@@ -497,9 +497,9 @@ def test_torch_layer_cache_follows_the_tensors(torch_cuda):
 @pytest.mark.parametrize("M", (1, 2, 8))
 @pytest.mark.parametrize("act", (False, True))
 def test_torch_direct_launch_gives_the_general_path_bits(torch_cuda, monkeypatch, bits, M, act):
-    """kernels.torch_cuda's direct launch (GPTQ_EXPORT_TORCH_DIRECT=1: device pointers on
-    PyTorch's stream; prep_x first for act-order and fp32 x) against the general path, also inside
-    a captured CUDA graph."""
+    """kernels.torch_cuda's direct launch (the default: device pointers on PyTorch's stream;
+    prep_x first for act-order and fp32 x) against the general path (GPTQ_EXPORT_TORCH_DIRECT=0),
+    also inside a captured CUDA graph."""
     torch = torch_cuda
     from gptq_export.kernels import torch_cuda as tc
 
@@ -511,9 +511,9 @@ def test_torch_direct_launch_gives_the_general_path_bits(torch_cuda, monkeypatch
     x = torch.randn(M, K, device="cuda").half()
     bias = torch.randn(N, device="cuda")
     cases = [(x, bias), (x, None), (x.float(), bias)]
-    monkeypatch.delenv(tc.DIRECT_ENV, raising=False)
+    monkeypatch.setenv(tc.DIRECT_ENV, "0")
     want = [tc.linear(a, gl, b).cpu() for a, b in cases]
-    monkeypatch.setenv(tc.DIRECT_ENV, "1")
+    monkeypatch.delenv(tc.DIRECT_ENV)
     assert tc._direct(x, gl, bias, M) is not None  # the direct path does apply here
     for (a, b), w in zip(cases, want, strict=True):
         torch.testing.assert_close(tc.linear(a, gl, b).cpu(), w, rtol=0, atol=0, msg=f"{a.dtype} seed {seed}")

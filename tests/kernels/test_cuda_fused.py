@@ -131,3 +131,38 @@ def test_torch_direct_launch_leaves_other_inputs_to_the_general_path(launches, m
     sys.modules["cupy"].cuda.runtime.getDevice = lambda: 1  # x on another device than CuPy's
     assert tc._direct(x, gl, None, 1) is None
     assert launches == []
+
+
+def test_linear_launches_directly_unless_switched_off(launches, monkeypatch):
+    """torch_cuda.linear takes the direct launch for one-token calls by default;
+    GPTQ_EXPORT_TORCH_DIRECT=0 sends them through the general path (DLPack views, CuPy context)."""
+
+    class GeneralPath(Exception):
+        pass
+
+    def general(device):
+        raise GeneralPath
+
+    gl = fake_layer(4, 2048, 512)
+    calls = []
+    monkeypatch.setattr(tc, "_direct", lambda x2, layer, bias, M: calls.append(M) or torch.zeros((M, 512)))
+    monkeypatch.setattr(tc, "_On", general)
+    x = torch.zeros((1, 1, 2048), dtype=torch.float16)
+    monkeypatch.delenv(tc.DIRECT_ENV, raising=False)
+    assert tc.linear(x, gl).shape == (1, 1, 512) and calls == [1]
+    monkeypatch.setenv(tc.DIRECT_ENV, "0")
+    with pytest.raises(GeneralPath):
+        tc.linear(x, gl)
+    assert calls == [1]
+
+
+def test_stream_wraps_pytorchs_raw_current_stream_once(launches, monkeypatch):
+    """torch_cuda._stream: PyTorch's current cudaStream_t (the raw getter where PyTorch has it),
+    wrapped as a CuPy ExternalStream once per (device, stream)."""
+    made = []
+    sys.modules["cupy"].cuda.ExternalStream = lambda ptr, index: made.append((ptr, index)) or object()
+    monkeypatch.setattr(tc, "_streams", {})
+    current = {0: 111, 1: 222}
+    monkeypatch.setattr(tc, "_raw_stream", lambda index: current[index])
+    a, b, c = tc._stream(0), tc._stream(0), tc._stream(1)
+    assert a is b and a is not c and made == [(111, 0), (222, 1)]
