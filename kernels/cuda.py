@@ -483,7 +483,7 @@ def quant_matmul(x, layer: GpuLinear, bias=None, out=None, *, path: str = "auto"
 
         plan = fused_plan(layer, M, x2.dtype == cp.float32, x2.data.ptr % 16 == 0, mt=mt, nt=nt, xs=xs, occ=occ,
                           cs=cs, pd=pd)
-        launch_fused(layer, plan, M, gather_x(layer, x2, xbuf) if plan.prep else x2, bias, out, pdl=pdl)
+        launch_fused(layer, plan, gather_x(layer, x2, xbuf) if plan.prep else x2, bias, out, pdl=pdl)
         return out
     if path != "dequant":
         raise ValueError(f"path must be 'auto', 'fused', 'mma', 'wgmma' or 'dequant', got {path!r}")

@@ -30,6 +30,8 @@ class FusedPlan:
     smem: int
     grid: tuple[int, int]
     ushift: int  # log2 of the layout's units per group, or -1
+    pre: tuple = ()  # the kernel's int32 arguments after x (ldx, kx, x_f32, gather), made once
+    post: tuple = ()  # ... and after out_f32 (M, N, Np, units, units per group, ushift)
 
 
 def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, aligned: bool, *, mt: int | None = None,
@@ -63,34 +65,39 @@ def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, aligned: bool, *, mt: i
         else:  # x in K' order, fp16, first (a small kernel): faster than gathering per block
             prep, ldx, kx, xf = True, lay.Kp, lay.Kp, 0
     names = tuple(kc.small_kernel_name(lay.bits, mt, nt, lay.gstc, xs, occ, pd, cs, pdl) for pdl in (False, True))
-    upg = lay.upg
-    plan = layer.plans[key] = FusedPlan(names, prep, gather, ldx, kx, xf, M * (lay.Kp + 8) * 2 if xs else 0,
-                                        (lay.Np // (16 * nt) * cs, -(-M // (8 * mt))),
-                                        upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1)
+    upg, i32 = lay.upg, np.int32
+    ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
+    plan = layer.plans[key] = FusedPlan(
+        names, prep, gather, ldx, kx, xf, M * (lay.Kp + 8) * 2 if xs else 0,
+        (lay.Np // (16 * nt) * cs, -(-M // (8 * mt))), ushift,
+        (i32(ldx), i32(kx), i32(xf), i32(gather)),
+        (i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(upg), i32(ushift)),
+    )
     return plan
 
 
-def launch_fused(layer: kc.GpuLinear, plan: FusedPlan, M: int, x, bias, out, *, out_f32: bool | None = None,
+_FLAG = (np.int32(0), np.int32(1))
+
+
+def launch_fused(layer: kc.GpuLinear, plan: FusedPlan, x, bias, out, *, out_f32: bool | None = None,
                  pdl: bool | None = None, stream=None) -> None:
-    """Launch the fused kernel of `plan` (M rows) on `stream` (None: CuPy's current one).
+    """Launch the fused kernel of `plan` (for its M rows) on `stream` (None: CuPy's current one).
 
     x: as the plan reads it (CuPy array, or its device pointer as np.uint64); bias: CuPy float32
     [N], np.uint64 pointer or None; out: CuPy [M, N] array or np.uint64 pointer, fp32 where
     `out_f32` (None: from out's dtype). No checks here: `quant_matmul` is the checked entry point.
     pdl: as `quant_matmul`'s; a layer's first launch is a plain one (`GpuLinear.pdl_ready`)."""
-    lay = layer.layout
     if out_f32 is None:
         out_f32 = out.dtype == kc._cupy().float32
     pdl = pdl_default() if pdl is None else pdl
     if pdl and not pdl_supported():
         raise ValueError("pdl=True needs an sm_90+ GPU (H100 / H200) and a driver with cuLaunchKernelEx")
     pdl, layer.pdl_ready = pdl and layer.pdl_ready, True  # the first launch is a plain one
-    p, i32 = plan, np.int32
+    p = plan
     launch(
         kc.function(p.names[pdl]), p.grid, (kc.THREADS,),
-        (x, i32(p.ldx), i32(p.kx), i32(p.x_f32), i32(p.gather), layer.qw, layer.sz, layer.perm,
-         bias if bias is not None else np.uint64(0), out, i32(lay.N), i32(out_f32),
-         i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(lay.upg), i32(p.ushift)),
+        (x, *p.pre, layer.qw, layer.sz, layer.perm, bias if bias is not None else np.uint64(0), out,
+         p.post[1], _FLAG[bool(out_f32)], *p.post),
         p.smem, pdl=pdl, stream=stream,
     )
 

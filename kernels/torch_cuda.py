@@ -118,7 +118,7 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
         raise ValueError(f"x must be [..., {K}], got {tuple(x.shape)}")
     out_dtype = x.dtype
     xc = x if x.dtype in (torch.float16, torch.float32) else x.to(torch.float16)
-    x2 = xc.reshape(-1, K)
+    x2 = xc if xc.dim() == 2 else xc.reshape(-1, K)
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     M = x2.shape[0]
@@ -129,7 +129,7 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
     if path == "fused" and os.environ.get(DIRECT_ENV) != "0":
         y = _direct(x2, layer, bias, M)
         if y is not None:
-            return y.to(out_dtype).reshape(*x.shape[:-1], N)
+            return _output(y, x, out_dtype)
     with _On(x.device):
         xc2 = to_cupy(x2)
         if path == "dequant":
@@ -163,7 +163,14 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
                 raise ValueError(f"path must be 'auto', 'fused', 'mma', 'wgmma' or 'dequant', got {path!r}")
             kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path=path,
                             xbuf=xbuf, tile=tile, split=split, ws=ws)
-    return y.to(out_dtype).reshape(*x.shape[:-1], N)
+    return _output(y, x, out_dtype)
+
+
+def _output(y: torch.Tensor, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """y [M, N] as `linear`'s result for x: of `dtype`, shaped [..., N] like x (no op where it is)."""
+    if y.dtype != dtype:
+        y = y.to(dtype)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _direct(x2: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None, M: int) -> torch.Tensor | None:
@@ -188,7 +195,7 @@ def _direct(x2: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None, M:
         kf.launch_prep(layer, M, xin, f32, np.uint64(xg.data_ptr()), stream=stream)
         xin = np.uint64(xg.data_ptr())
     y = torch.empty((M, lay.N), dtype=x2.dtype, device=x2.device)
-    kf.launch_fused(layer, plan, M, xin, None if bias is None else np.uint64(bias.data_ptr()),
+    kf.launch_fused(layer, plan, xin, None if bias is None else np.uint64(bias.data_ptr()),
                     np.uint64(y.data_ptr()), out_f32=f32, stream=stream)
     return y
 

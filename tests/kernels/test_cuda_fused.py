@@ -69,11 +69,11 @@ def test_pointers_launch_what_arrays_launch(launches, bits, K, N, M):
     gl = fake_layer(bits, K, N)
     plan = kf.fused_plan(gl, M, False, True)
     x, out, bias = FakeArray((M, K), np.float16, 0x1000), FakeArray((M, N), np.float16, 0x2000), FakeArray((N,), np.float32, 0x3000)
-    kf.launch_fused(gl, plan, M, x, bias, out)
-    kf.launch_fused(gl, plan, M, np.uint64(0x1000), np.uint64(0x3000), np.uint64(0x2000), out_f32=False)
+    kf.launch_fused(gl, plan, x, bias, out)
+    kf.launch_fused(gl, plan, np.uint64(0x1000), np.uint64(0x3000), np.uint64(0x2000), out_f32=False)
     assert len(launches) == 2 and launches[0] == launches[1]
     assert launches[0][3][:1] == [0x1000] and launches[0][3][8:10] == [0x3000, 0x2000]
-    kf.launch_fused(gl, plan, M, x, None, out)
+    kf.launch_fused(gl, plan, x, None, out)
     assert launches[2][3][8] == 0  # no bias: a null pointer
 
 
