@@ -57,8 +57,8 @@ Paths of `quant_matmul` (M = rows of x):
 Launchers take CuPy arrays on the current device and run on the current CuPy stream; kernels are
 compiled once per process and device through `cupy.RawModule` (and cached on disk by CuPy). On
 sm_90+ the fused small-M kernels can be launched with programmatic dependent launch
-(kernels/launch.py; `GPTQ_EXPORT_PDL=1` or `quant_matmul(..., pdl=True)`, off by default until
-measured): each then starts loading its weights while the previous kernel of the stream
+(kernels/launch.py; `GPTQ_EXPORT_PDL=1` or `quant_matmul(..., pdl=True)`; off by default: it
+gains only between two of our kernels): each then starts loading its weights while the previous kernel of the stream
 finishes, and waits for it before reading x.
 """
 
