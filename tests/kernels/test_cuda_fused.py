@@ -150,10 +150,14 @@ def test_linear_launches_directly_unless_switched_off(launches, monkeypatch):
     x = torch.zeros((1, 1, 2048), dtype=torch.float16)
     monkeypatch.delenv(tc.DIRECT_ENV, raising=False)
     assert tc.linear(x, gl).shape == (1, 1, 512) and calls == [1]
+    y = tc.linear(x[0, 0], gl)  # one vector in, one out
+    assert y.shape == (512,) and y.dtype == torch.float16 and calls == [1, 1]
+    assert tc.linear(x.float()[0], gl).dtype == torch.float32 and calls == [1, 1, 1]
+    calls.clear()
     monkeypatch.setenv(tc.DIRECT_ENV, "0")
     with pytest.raises(GeneralPath):
         tc.linear(x, gl)
-    assert calls == [1]
+    assert calls == []
 
 
 def test_stream_wraps_pytorchs_raw_current_stream_once(launches, monkeypatch):
