@@ -36,11 +36,14 @@ class FusedPlan:
 
 def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, aligned: bool, *, mt: int | None = None,
                nt: int | None = None, xs: bool | None = None, occ: int | None = None, cs: int | None = None,
-               pd: int | None = None) -> FusedPlan:
+               pd: int | None = None, device: int | None = None) -> FusedPlan:
     """The fused kernel's configuration for M rows of x (fp32 or fp16; rows 16-byte aligned or
     not) and the options of `quant_matmul`; worked out once per layer, device and arguments
-    (cached on the layer: the per-call host work of a decode step)."""
-    key = (kc._cupy().cuda.runtime.getDevice(), M, x_f32, aligned, mt, nt, xs, occ, cs, pd)
+    (cached on the layer: the per-call host work of a decode step). device: CuPy's current
+    device, where the caller already has it (None: asked here)."""
+    if device is None:
+        device = kc._cupy().cuda.runtime.getDevice()
+    key = (device, M, x_f32, aligned, mt, nt, xs, occ, cs, pd)
     plan = layer.plans.get(key)
     if plan is not None:
         return plan

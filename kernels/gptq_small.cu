@@ -496,19 +496,19 @@ __global__ void __launch_bounds__(THREADS, OCC) qgemm_small_pdl(SMALL_PARAMS) {
 #else
 #define SPLIT_CLUSTER_DIMS(cs) __cluster_dims__(cs, 1, 1)
 #endif
-template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS>
-__global__ __launch_bounds__(THREADS, OCC) SPLIT_CLUSTER_DIMS(CS) void qgemm_split(SMALL_PARAMS) {
+template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS, bool PDL>
+__device__ __forceinline__ void split_body(SMALL_PARAMS) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
     __trap();
 #else
-    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS, false>(SMALL_ARGS);
+    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS, PDL>(SMALL_ARGS);
 #endif
 }
 template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS>
+__global__ __launch_bounds__(THREADS, OCC) SPLIT_CLUSTER_DIMS(CS) void qgemm_split(SMALL_PARAMS) {
+    split_body<BITS, NT, GSTC, XS, OCC, PD, CS, false>(SMALL_ARGS);
+}
+template <int BITS, int NT, int GSTC, int XS, int OCC, int PD, int CS>
 __global__ __launch_bounds__(THREADS, OCC) SPLIT_CLUSTER_DIMS(CS) void qgemm_split_pdl(SMALL_PARAMS) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-    __trap();
-#else
-    small_body<BITS, 1, NT, GSTC, XS, OCC, PD, CS, true>(SMALL_ARGS);
-#endif
+    split_body<BITS, NT, GSTC, XS, OCC, PD, CS, true>(SMALL_ARGS);
 }

@@ -13,10 +13,11 @@ and they let the next kernel launch at their start. Other kernels are launched a
 CuPy's kernel call takes no launch attributes, so these launches go through the driver's
 `cuLaunchKernelEx` (ctypes, the library CuPy itself loads).
 
-Off by default for now: written and compiled, not yet run on a GPU (tools/sass_pdl.py checks
-without one that the weight loads come before the wait and x's after it). `GPTQ_EXPORT_PDL=1`
-in the environment turns it on where supported (read at each launch, so a benchmark can compare
-both in one process); `quant_matmul(..., pdl=True)` asks for it per call.
+Off by default (`DEFAULT`: it gains only where one of our kernels follows another; measured on an
+H100, docs/gpu-results.md, twelfth session). `GPTQ_EXPORT_PDL=1` in the environment turns it on
+where supported (read at each launch, so a benchmark can compare both in one process);
+`quant_matmul(..., pdl=True)` asks for it per call. tools/sass_pdl.py checks without a GPU that
+the weight loads come before the wait and x's after it; tools/probe_pdl.py times it on one.
 """
 
 from __future__ import annotations

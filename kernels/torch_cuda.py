@@ -187,7 +187,7 @@ def _direct(x2: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None, M:
             or (bias is not None and (bias.dtype != torch.float32 or not bias.is_contiguous()))):
         return None
     f32, aligned = x2.dtype == torch.float32, x2.data_ptr() % 16 == 0
-    plan = kf.fused_plan(layer, M, f32, aligned)
+    plan = kf.fused_plan(layer, M, f32, aligned, device=index)
     stream = _stream(index)
     xin = np.uint64(x2.data_ptr())
     if plan.prep:  # x in K' order, fp16, first (as quant_matmul does)
