@@ -13,6 +13,9 @@ Tiles (``WgTile``): a block of NWG warpgroups, each with FW m64 tiles of outputs
 CN > 1 groups CN blocks along the outputs into a cluster that loads each x stage once (multicast).
 x is prepared once per call (`prep`: [Kp/128, Mp/BM, 16, BM, 8], blocks of the tile's BM rows) so
 that a block's x stage is one 1-D bulk copy (TMA; one per CTA of a cluster), not 16.
+Half-unit stages (``spu`` = 2, label suffix "h", only with the weights in registers): each
+pipeline slot holds the x of half a K' unit (4 k-steps), so the same shared memory makes twice as
+many slots, released twice as often: the producer may run further ahead.
 ``split`` > 1 splits K' over blockIdx.z into an fp32 workspace that `mma_reduce` adds in a fixed
 order (deterministic), as for `qgemm_mma`.
 """
@@ -40,6 +43,11 @@ class WgTile:
     wr: bool = False  # weights loaded straight into registers (one unit ahead), not staged by TMA
     nwg: int = 2  # warpgroups per block
     tail: WgTile | None = None  # blocks of the last, partial wave (split = 1 only): see `tail_start`
+    spu: int = 1  # pipeline stages per K' unit: 2 = half-unit stages (x in halves of 8 k-steps; wr only)
+
+    def __post_init__(self):
+        if self.spu not in (1, 2) or (self.spu == 2 and not self.wr):
+            raise ValueError(f"stages per unit must be 1, or 2 with the weights in registers (wr), got {self.spu}")
 
     @property
     def bn(self) -> int:
@@ -51,7 +59,8 @@ class WgTile:
 
     @property
     def label(self) -> str:
-        own = f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
+        own = (f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
+               + ("h" if self.spu == 2 else ""))
         return own + (f"+{self.tail.label}" if self.tail else "")
 
     def parts(self) -> tuple[WgTile, ...]:
@@ -61,11 +70,12 @@ class WgTile:
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
 #: cN = clusters of N blocks along the outputs sharing x, r = weights loaded into registers one
-#: unit ahead).
+#: unit ahead, h = half-unit pipeline stages: twice as many slots of half the size).
 _BASE = (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64, 1, True),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
+    WgTile(1, 256, 4, True, spu=2), WgTile(1, 256, 2, True, spu=2), WgTile(1, 128, 1, True, spu=2),
 )
 #: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
 _TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)
@@ -78,12 +88,12 @@ TILES = {t.label: t for t in _BASE + _TAILED}
 def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:
     ngu = 8 // gstc if gstc < 8 else 1
     head = (0 if tile.wr else (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4) + ngu * tile.bn * 4
-    return -(-head // 128) * 128 + 16 * tile.bm * 16
+    return -(-head // 128) * 128 + 16 * tile.bm * 16 // tile.spu
 
 
 def stages_for(bits: int, gstc: int, tile: WgTile) -> int:
-    """Pipeline stages of the tile's own blocks (not of its tail's)."""
-    st = min(MAX_STAGES, SMEM_LIMIT // stage_bytes(bits, gstc, tile))
+    """Pipeline stages of the tile's own blocks (not of its tail's): at most MAX_STAGES units."""
+    st = min(MAX_STAGES * tile.spu, SMEM_LIMIT // stage_bytes(bits, gstc, tile))
     if st < MIN_STAGES:
         raise ValueError(f"tile {tile.label} does not fit shared memory with {bits} bits")
     return st
@@ -101,7 +111,8 @@ def smem_bytes(bits: int, gstc: int, tile: WgTile) -> int:
 
 def kernel_name(bits: int, gstc: int, tile: WgTile) -> str:
     t = tile
-    return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{int(t.wr)},{stages_for(bits, gstc, t)}>"
+    spu = f",{t.spu}" if t.spu != 1 else ""
+    return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{int(t.wr)},{stages_for(bits, gstc, t)}{spu}>"
 
 
 def kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), tiles=None) -> list[str]:

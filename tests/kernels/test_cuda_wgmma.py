@@ -35,6 +35,21 @@ def test_wgmma_source_and_names():
     assert kw.TILES["128x256c4r"].wr and kw.kernel_name(4, 8, kw.TILES["128x128r"]).startswith("qgemm_wg<4,8,1,128,2,1,1,")
 
 
+def test_wgmma_half_unit_stages():
+    """h tiles: twice the slots of half the x bytes (the same shared memory), their own kernel
+    name; only with the weights in registers."""
+    full, half = kw.TILES["128x256c4r"], kw.TILES["128x256c4rh"]
+    assert half.spu == 2 and half.label == "128x256c4rh" and (half.bn, half.bm, half.cn) == (full.bn, full.bm, full.cn)
+    sz = 128 * 4  # one group row of the block's sz words (4 bits, g128)
+    assert kw.stage_bytes(4, 8, full) - sz == 2 * (kw.stage_bytes(4, 8, half) - sz) == 16 * 256 * 16
+    assert kw.stages_for(4, 8, half) == 2 * kw.stages_for(4, 8, full)
+    name = kw.kernel_name(4, 8, half)
+    assert name == f"qgemm_wg<4,8,1,256,2,4,1,{kw.stages_for(4, 8, half)},2>"
+    assert kw.kernel_name(4, 8, full).count(",") == 7  # one-stage-per-unit names unchanged
+    with pytest.raises(ValueError, match="weights in registers"):
+        kw.WgTile(1, 128, spu=2)
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("gstc", (1, 2, 4, 8))
 def test_wgmma_tiles_fit_shared_memory(bits, gstc):
@@ -44,7 +59,7 @@ def test_wgmma_tiles_fit_shared_memory(bits, gstc):
             with pytest.raises(ValueError, match="does not fit"):
                 kw.stages_for(bits, gstc, tile)
             continue
-        assert kw.MIN_STAGES <= kw.stages_for(bits, gstc, tile) <= kw.MAX_STAGES
+        assert kw.MIN_STAGES <= kw.stages_for(bits, gstc, tile) <= kw.MAX_STAGES * tile.spu
         assert kw.smem_bytes(bits, gstc, tile) <= kw.SMEM_LIMIT
         assert kw.stage_bytes(bits, gstc, tile) % 128 == 0  # stages stay 128-byte aligned
     assert kw.fits(bits, gstc, kw.TILES["128x128"])
@@ -211,7 +226,8 @@ def test_gpu_prep_is_the_wg_order_gather_bit_exactly(hopper, group, act, M, dtyp
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("label", ("128x256c4r", "128x256c2r+128x128r", "128x128r", "256x64r", "128x128c2"))
+@pytest.mark.parametrize("label", ("128x256c4r", "128x256c2r+128x128r", "128x128r", "256x64r", "128x128c2", "128x256c4rh",
+                                   "128x128rh"))
 def test_gpu_wgmma_x_blocked_or_not_gives_the_same_bits(hopper, monkeypatch, label):
     """x in blocks of the tile's BM rows (one bulk copy per stage) and in one block (a copy per
     chunk) give bit-identical outputs, tails (another BM, here on 8 SMs) included."""
