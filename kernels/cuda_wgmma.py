@@ -44,10 +44,13 @@ class WgTile:
     nwg: int = 2  # warpgroups per block
     tail: WgTile | None = None  # blocks of the last, partial wave (split = 1 only): see `tail_start`
     spu: int = 1  # pipeline stages per K' unit: 2 = half-unit stages (x in halves of 8 k-steps; wr only)
+    sk: bool = False  # stream-K: one block per SM walks an equal share of all tiles' units (`stream_k_workers`)
 
     def __post_init__(self):
         if self.spu not in (1, 2) or (self.spu == 2 and not self.wr):
             raise ValueError(f"stages per unit must be 1, or 2 with the weights in registers (wr), got {self.spu}")
+        if self.sk and self.tail is not None:
+            raise ValueError("a stream-K tile has no tail: its blocks share the last wave's work")
 
     @property
     def bn(self) -> int:
@@ -60,7 +63,7 @@ class WgTile:
     @property
     def label(self) -> str:
         own = (f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
-               + ("h" if self.spu == 2 else ""))
+               + ("h" if self.spu == 2 else "") + ("s" if self.sk else ""))
         return own + (f"+{self.tail.label}" if self.tail else "")
 
     def parts(self) -> tuple[WgTile, ...]:
@@ -70,12 +73,14 @@ class WgTile:
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
 #: cN = clusters of N blocks along the outputs sharing x, r = weights loaded into registers one
-#: unit ahead, h = half-unit pipeline stages: twice as many slots of half the size).
+#: unit ahead, h = half-unit pipeline stages: twice as many slots of half the size, s = stream-K).
 _BASE = (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64, 1, True),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
     WgTile(1, 256, 4, True, spu=2), WgTile(1, 256, 2, True, spu=2), WgTile(1, 128, 1, True, spu=2),
+    WgTile(1, 256, 4, True, sk=True), WgTile(1, 256, 2, True, sk=True), WgTile(1, 128, 1, True, sk=True),
+    WgTile(1, 256, 4, True, spu=2, sk=True), WgTile(1, 256, 2, True, spu=2, sk=True),
 )
 #: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
 _TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)
@@ -111,7 +116,7 @@ def smem_bytes(bits: int, gstc: int, tile: WgTile) -> int:
 
 def kernel_name(bits: int, gstc: int, tile: WgTile) -> str:
     t = tile
-    spu = f",{t.spu}" if t.spu != 1 else ""
+    spu = f",{t.spu},1" if t.sk else f",{t.spu}" if t.spu != 1 else ""
     return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{int(t.wr)},{stages_for(bits, gstc, t)}{spu}>"
 
 
@@ -327,7 +332,11 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
         if rows % part.bm:
             raise ValueError(f"x is in blocks of {rows} rows, not a multiple of tile {part.label}'s {part.bm}: "
                              f"prepare it with prep(..., rows={tile.bm})")
+    if tile.sk and split != 1:
+        raise ValueError(f"stream-K tile {tile.label} takes split = 1 (its blocks already share the units), got {split}")
     ws = cuda_mma.check_gemm_args(M, lay.N, bias, out, split, ws)
+    if tile.sk:
+        ws = _sk_workspace(lay, M, tile, ws)
     if not supported():
         raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
     if M == 0:
@@ -346,6 +355,45 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
     return out
 
 
+def stream_k_workers(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
+    """Clusters of a stream-K launch of `tile` for M rows: one per cluster the GPU runs at once
+    (`resident_blocks`), at most one per tile. Worker c of G takes the units [c*W/G, (c+1)*W/G)
+    of all tiles' W units in tile order (tiles n-fastest); a tile split between two workers (never
+    more: G <= tiles) is added up by the one that finishes its piece second."""
+    tiles = clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
+    return max(1, min(tiles, resident_blocks(tile.cn) // tile.cn))
+
+
+def sk_ws_size(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
+    """fp32 elements of a stream-K launch's workspace: one block tile of partial sums per boundary
+    between workers and CTA of a cluster."""
+    return stream_k_workers(lay, M, tile) * tile.cn * tile.bn * tile.bm
+
+
+_COUNTERS: dict[int, object] = {}
+
+
+def _sk_counters(n: int):
+    """int32 zeros (>= n) on the current device for the stream-K fix-up: an arrival counter and a
+    ready flag per split tile and CTA; each launch leaves them zero again (made once per device)."""
+    cp = kc._cupy()
+    dev = cp.cuda.runtime.getDevice()
+    buf = _COUNTERS.get(dev)
+    if buf is None or buf.size < n:
+        buf = _COUNTERS[dev] = cp.zeros(max(n, 4096), dtype=cp.int32)
+    return buf
+
+
+def _sk_workspace(lay: kc.TileLayout, M: int, tile: WgTile, ws):
+    cp = kc._cupy()
+    need = sk_ws_size(lay, M, tile)
+    if ws is None:
+        return cp.empty(need, dtype=cp.float32)
+    if ws.dtype != cp.float32 or ws.size < need or not ws.flags.c_contiguous:
+        raise ValueError(f"ws must be a C-contiguous fp32 buffer of >= {need} elements for stream-K tile {tile.label}")
+    return ws
+
+
 def _launch(xw, Mp: int, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws, nt_lo: int,
             nt_hi: int, lbo: int | None, sbo: int | None) -> None:
     """One qgemm_wg launch over the n-tiles [nt_lo, nt_hi) (arguments checked by `run`)."""
@@ -353,12 +401,18 @@ def _launch(xw, Mp: int, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, s
     lay = layer.layout
     i32 = np.int32
     null = np.uint64(0)
-    grid = (clusters_along_n(nt_hi - nt_lo, tile) * tile.cn, -(-M // tile.bm), split)
+    cnt = null
+    if tile.sk:  # one cluster per worker
+        workers = stream_k_workers(lay, M, tile)
+        grid = (workers * tile.cn, 1, 1)
+        cnt = _sk_counters(2 * workers * tile.cn)
+    else:
+        grid = (clusters_along_n(nt_hi - nt_lo, tile) * tile.cn, -(-M // tile.bm), split)
     function(lay.bits, lay.gstc, tile)(
         grid, (tile.threads,),
         (xw, i32(Mp), i32(xw.shape[3]), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
-         out, i32(out.dtype == cp.float32), ws if split > 1 else null, i32(M), i32(lay.N), i32(lay.Np),
+         out, i32(out.dtype == cp.float32), ws if (split > 1 or tile.sk) else null, i32(M), i32(lay.N), i32(lay.Np),
          i32(nt_lo), i32(nt_hi), i32(lay.nu), i32(lay.upg), i32(split),
-         i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo)),
+         i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo), cnt),
         shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
     )

@@ -304,31 +304,70 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, int h, 
     }
 }
 
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES, int SPU = 1>
+// Global-memory flag helpers of the stream-K fix-up (GPU scope).
+__device__ __forceinline__ u32 ld_acquire_gpu(const int* p) {
+    u32 v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_release_gpu(int* p, u32 v) {
+    asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+// Barrier of the consumer warpgroups only (named barrier 1; the producer warpgroup does not take part).
+template <int NWG>
+__device__ __forceinline__ void consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(128 * NWG) : "memory"); }
+
+// The piece of work ("segment") of a block starting at unit position pos of its range [pos, end):
+// first n-tile nt0 and row block mb of its block tile, its units [k0, k1). SK = 0: the block's own tile
+// (blockIdx.x, blockIdx.y), one segment. SK = 1 (stream-K): the range runs over the cluster tiles
+// in order (tile ti = column block ti % NC of the cluster, row block ti / NC; NU units each).
+template <int BN, int CN, int SK>
+__device__ __forceinline__ void wg_segment(int pos, int end, int NU, int NC, int nt_lo, u32 rank, int& nt0, int& mb,
+                                           int& k0, int& k1) {
+    if constexpr (SK) {
+        const int ti = pos / NU;
+        k0 = pos - ti * NU;
+        k1 = min(NU, k0 + end - pos);
+        nt0 = nt_lo + ((ti % NC) * CN + (int)rank) * (BN / 16);
+        mb = ti / NC;
+    } else {
+        k0 = pos;
+        k1 = end;
+        nt0 = nt_lo + blockIdx.x * (BN / 16);
+        mb = blockIdx.y;
+    }
+}
+
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES, int SPU = 1, int SK = 0>
 __global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
-         int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo) {
+         int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo, int* __restrict__ cnt) {
     using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR, SPU>;
     static_assert(STAGES >= 2, "a slot is refilled while the others compute");
     extern __shared__ uint4 wg_smem[];
     __shared__ __align__(8) u64 full[STAGES], consumed[STAGES], empty[STAGES];
+    __shared__ int s_order;  // stream-K: this block's arrival order on a split tile (0: first)
     unsigned char* smem = reinterpret_cast<unsigned char*>(wg_smem);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int wg = warp >> 2, wq = warp & 3;
     const int g = lane >> 2, t = lane & 3;
-    const int nt0 = nt_lo + blockIdx.x * (C::BN / 16), m0 = blockIdx.y * BM;
-    const int z = blockIdx.z;
-    const int u_begin = (int)((long long)NU * z / split), u_end = (int)((long long)NU * (z + 1) / split);
-    const int iters = u_end - u_begin;
+    // the block's range of unit positions: its split's units of its tile (SK = 0), or its worker's
+    // share of all tiles' units (SK = 1: worker c of G, G = clusters in the grid)
+    const int NC = (((nt_hi - nt_lo) * 16 + C::BN * CN - 1) / (C::BN * CN)), MB = (M + BM - 1) / BM;
+    const int G = SK ? (int)gridDim.x / CN : 1, c = SK ? (int)blockIdx.x / CN : 0;
+    int w_begin, w_end;
+    if constexpr (SK) {
+        const long long W = (long long)NC * MB * NU;
+        w_begin = (int)(W * c / G);
+        w_end = (int)(W * (c + 1) / G);
+    } else {
+        const int z = blockIdx.z;
+        w_begin = (int)((long long)NU * z / split);
+        w_end = (int)((long long)NU * (z + 1) / split);
+    }
 
     float acc[FW][BM / 2];
-#pragma unroll
-    for (int f = 0; f < FW; ++f)
-#pragma unroll
-        for (int e = 0; e < BM / 2; ++e) acc[f][e] = 0.f;
-#pragma unroll
-    for (int f = 0; f < FW; ++f) fence_regs(acc[f]);
 
     const u32 s_smem = smem_u32(smem), s_full = smem_u32(full), s_empty = smem_u32(empty);
     const u32 s_consumed = smem_u32(consumed);
@@ -347,38 +386,57 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
 
     if (wg == NWG) {  // producer warpgroup: its first warp refills slot v % STAGES once stage v - STAGES is consumed
         setmaxnreg_dec<C::PRODUCER_REGS>();
-        for (int v = 0; v < (wq == 0 ? iters * SPU : 0); ++v) {  // stage v: part v % SPU of unit v / SPU
-            const int s = v % STAGES;
-            if (v >= STAGES) {
-                const u32 par = ((v / STAGES) - 1) & 1;
-                mbar_wait(s_consumed + 8 * s, par);  // this CTA's consumers are done with the slot
-                if constexpr (CN > 1) {  // ... and every CTA's, before multicasting into it
-                    if (lane < CN) mbar_arrive_remote(s_empty + 8 * s, lane);
-                    mbar_wait(s_empty + 8 * s, par);
+        if (wq == 0) {
+            int v = 0;  // stages issued (all segments)
+            for (int pos = w_begin, sg = 0; SK ? pos < w_end : sg == 0; ++sg) {  // SK = 0: one segment, maybe empty
+                int nt0, mb, k0, k1;
+                wg_segment<C::BN, CN, SK>(pos, w_end, NU, NC, nt_lo, rank, nt0, mb, k0, k1);
+                for (int j = 0; j < (k1 - k0) * SPU; ++j, ++v) {  // stage v: part j % SPU of unit k0 + j / SPU
+                    const int s = v % STAGES;
+                    if (v >= STAGES) {
+                        const u32 par = ((v / STAGES) - 1) & 1;
+                        mbar_wait(s_consumed + 8 * s, par);  // this CTA's consumers are done with the slot
+                        if constexpr (CN > 1) {  // ... and every CTA's, before multicasting into it
+                            if (lane < CN) mbar_arrive_remote(s_empty + 8 * s, lane);
+                            mbar_wait(s_empty + 8 * s, par);
+                        }
+                    }
+                    wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR, SPU>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s,
+                                                                     k0 + j / SPU, j % SPU, xw, Mp, xb, qw, sz, Np,
+                                                                     nt_hi, NU, upg, nt0, mb * BM, lane, rank);
                 }
+                pos += k1 - k0;
             }
-            wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR, SPU>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s,
-                                                             u_begin + v / SPU, v % SPU, xw, Mp, xb, qw, sz, Np, nt_hi,
-                                                             NU, upg, nt0, m0, lane, rank);
         }
     } else {
     setmaxnreg_inc<C::CONSUMER_REGS>();
+    int v0 = 0;  // stages consumed before this segment
+    for (int pos = w_begin, sg = 0; SK ? pos < w_end : sg == 0; ++sg) {  // SK = 0: one segment, maybe empty
+    int nt0, mb, k0, k1;
+    wg_segment<C::BN, CN, SK>(pos, w_end, NU, NC, nt_lo, rank, nt0, mb, k0, k1);
+    const int m0 = mb * BM, iters = k1 - k0;
+#pragma unroll
+    for (int f = 0; f < FW; ++f)
+#pragma unroll
+        for (int e = 0; e < BM / 2; ++e) acc[f][e] = 0.f;
+#pragma unroll
+    for (int f = 0; f < FW; ++f) fence_regs(acc[f]);
     u32 wn[FW][C::WPU];  // WR: the next unit's packed words
     if constexpr (WR) {
 #pragma unroll
         for (int f = 0; f < FW; ++f) {
             const int nt = nt0 + (wg * FW + f) * 4 + wq;
             if (iters > 0 && nt < nt_hi)
-                load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + u_begin) * (32 * C::WPU), lane);
+                load_unit<BITS>(wn[f], qw + ((size_t)nt * NU + k0) * (32 * C::WPU), lane);
         }
     }
     for (int it = 0; it < iters; ++it) {
-        // stage of k-step ts: v = it * SPU + ts / KS. WG_WAIT_TOP=1 (profiling) waits for every part of
+        // stage of k-step ts: v = v0 + it * SPU + ts / KS. WG_WAIT_TOP=1 (profiling) waits for every part of
         // the unit here; by default a part is waited for at its first k-step.
         if (WG_WAIT_TOP || SPU == 1) {
 #pragma unroll
             for (int h = 0; h < SPU; ++h) {
-                const int v = it * SPU + h;
+                const int v = v0 + it * SPU + h;
                 mbar_wait(s_full + 8 * (v % STAGES), (v / STAGES) & 1);
             }
         }
@@ -390,10 +448,10 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                 for (int i = 0; i < C::WPU; ++i) w[f][i] = wn[f][i];
                 const int nt = nt0 + (wg * FW + f) * 4 + wq;
                 if (it + 1 < iters && nt < nt_hi)
-                    load_unit<BITS, !WG_NC_PREFETCH>(wn[f], qw + ((size_t)nt * NU + u_begin + it + 1) * (32 * C::WPU),
+                    load_unit<BITS, !WG_NC_PREFETCH>(wn[f], qw + ((size_t)nt * NU + k0 + it + 1) * (32 * C::WPU),
                                                      lane);
             } else {
-                const u32* sw = reinterpret_cast<const u32*>(smem + (it % STAGES) * C::STAGE_BYTES);
+                const u32* sw = reinterpret_cast<const u32*>(smem + ((v0 + it) % STAGES) * C::STAGE_BYTES);
                 lds_unit<BITS>(w[f], sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU), lane);
             }
         }
@@ -402,7 +460,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
         u32 s_x = 0;
 #pragma unroll
         for (int ts = 0; ts < 8; ++ts) {
-            const int v = it * SPU + ts / C::KS;  // this k-step's stage
+            const int lv = it * SPU + ts / C::KS, v = v0 + lv;  // this k-step's stage (in the segment, overall)
             if (ts % C::KS == 0) {  // first k-step of a stage (compile-time condition)
                 if (!WG_WAIT_TOP && SPU > 1) mbar_wait(s_full + 8 * (v % STAGES), (v / STAGES) & 1);
                 const unsigned char* st = smem + (v % STAGES) * C::STAGE_BYTES;
@@ -436,12 +494,52 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
             wg_wait<C::INFLIGHT>();
             // at most INFLIGHT groups, all of stage v, are pending now: stage v - 1 is complete,
             // release its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
-            if (ts % C::KS == C::INFLIGHT - 1) mbar_arrive_local_if(s_consumed + 8 * ((v + STAGES - 1) % STAGES), v >= 1);
+            if (ts % C::KS == C::INFLIGHT - 1) mbar_arrive_local_if(s_consumed + 8 * ((v + STAGES - 1) % STAGES), lv >= 1);
         }
     }
     wg_wait<0>();
 #pragma unroll
     for (int f = 0; f < FW; ++f) fence_regs(acc[f]);
+    v0 += iters * SPU;
+    // the segment's last stage is complete: release it now, so that the producer runs on into the
+    // next segment during this epilogue
+    if (iters > 0) mbar_arrive_local_if(s_consumed + 8 * ((v0 - 1) % STAGES), true);
+    pos += iters;
+
+    if (SK && (k0 > 0 || k1 < NU)) {  // stream-K: a tile split between two workers (never more: >= NU units each)
+        // slot of the split (the boundary between workers b - 1 and b) and this CTA: an arrival counter
+        // and a ready flag in cnt, the first arriver's fp32 accumulators in ws; the second adds them
+        // (a + b: the same sum in either order) and writes the tile, then clears the counter and flag
+        const int slot = (k0 > 0 ? c : c + 1) * CN + (int)rank;
+        int* ctr = cnt + 2 * slot;
+        constexpr int NTH = 128 * NWG, NACC = FW * BM / 2;
+        float* part = ws + (size_t)slot * NACC * NTH + threadIdx.x;
+        if (threadIdx.x == 0) s_order = atomicAdd(ctr, 1);
+        consumers_sync<NWG>();
+        const int order = s_order;
+        consumers_sync<NWG>();  // every thread has read s_order before a later segment writes it
+        if (order == 0) {
+#pragma unroll
+            for (int f = 0; f < FW; ++f)
+#pragma unroll
+                for (int e = 0; e < BM / 2; ++e) part[(size_t)(f * (BM / 2) + e) * NTH] = acc[f][e];
+            __threadfence();
+            consumers_sync<NWG>();
+            if (threadIdx.x == 0) st_release_gpu(ctr + 1, 1u);
+            continue;
+        }
+        if (threadIdx.x == 0) {
+            for (u32 tries = 0; ld_acquire_gpu(ctr + 1) == 0; ++tries)
+                if (tries > (1u << 26)) __trap();
+            ctr[0] = 0;
+            ctr[1] = 0;
+        }
+        consumers_sync<NWG>();
+#pragma unroll
+        for (int f = 0; f < FW; ++f)
+#pragma unroll
+            for (int e = 0; e < BM / 2; ++e) acc[f][e] += __ldcg(part + (size_t)(f * (BM / 2) + e) * NTH);
+    }
 
     // epilogue: acc[f][4i + e] = (output row 16*wq + g + 8*(e >> 1) of m64 tile (wg, f), token 8i + 2t + (e & 1))
 #pragma unroll
@@ -457,12 +555,13 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                 const int m = m0 + 8 * i + 2 * t + (e & 1);
                 if (m >= M) continue;
                 const float v = acc[f][4 * i + e];
-                if (split > 1) ws[((size_t)z * M + m) * N + n] = v;
+                if (split > 1) ws[((size_t)blockIdx.z * M + m) * N + n] = v;
                 else if (y_f32) reinterpret_cast<float*>(y)[(size_t)m * N + n] = v + bn;
                 else reinterpret_cast<u16*>(y)[(size_t)m * N + n] = f2h(v + bn);
             }
         }
     }
+    }  // segments
     }  // consumers
     if constexpr (CN > 1) cluster_sync_all();  // no CTA exits while others may still signal it
 }

@@ -157,8 +157,11 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
                 from . import cuda_mma, cuda_wgmma
 
                 tile, split = (cuda_mma if path == "mma" else cuda_wgmma).default_plan(layer, M)
-                if split > 1:
-                    ws = to_cupy(torch.empty(split * M * N, dtype=torch.float32, device=x.device))
+                n_ws = split * M * N if split > 1 else 0
+                if path == "wgmma" and tile.sk:  # stream-K: partial sums of the tiles split between blocks
+                    n_ws = cuda_wgmma.sk_ws_size(lay, M, tile)
+                if n_ws:
+                    ws = to_cupy(torch.empty(n_ws, dtype=torch.float32, device=x.device))
             elif path != "fused":
                 raise ValueError(f"path must be 'auto', 'fused', 'mma', 'wgmma' or 'dequant', got {path!r}")
             kc.quant_matmul(xc2, layer, to_cupy(bias) if bias is not None else None, to_cupy(y), path=path,

@@ -50,6 +50,24 @@ def test_wgmma_half_unit_stages():
         kw.WgTile(1, 128, spu=2)
 
 
+def test_wgmma_stream_k_plan(monkeypatch):
+    """Stream-K tiles: one cluster per resident cluster, at most one per tile (so that a tile is
+    split between two workers at most), a workspace tile per worker and CTA, split 1 only."""
+    from gptq_export.kernels import cuda_mma
+
+    monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
+    lay = kc.plan_layout(np.arange(4096) // 128, 4, 4096, 11008, 32)
+    for label, clusters in (("128x256c4rs", 30), ("128x256c2rs", 66), ("128x128rs", 132)):
+        tile = kw.TILES[label]
+        assert tile.sk and kw.kernel_name(4, 8, tile).endswith(",1,1>")
+        tiles = kw.clusters_along_n(lay.Np // 16, tile) * -(-512 // tile.bm)
+        assert kw.stream_k_workers(lay, 512, tile) == min(clusters, tiles)
+        assert kw.sk_ws_size(lay, 512, tile) == kw.stream_k_workers(lay, 512, tile) * tile.cn * tile.bn * tile.bm
+    assert kw.stream_k_workers(lay, 1, kw.TILES["128x128rs"]) == 86  # fewer tiles than SMs: one each
+    with pytest.raises(ValueError, match="no tail"):
+        kw.WgTile(1, 256, 2, True, tail=kw.TILES["128x128r"], sk=True)
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("gstc", (1, 2, 4, 8))
 def test_wgmma_tiles_fit_shared_memory(bits, gstc):
@@ -131,7 +149,8 @@ def _plans(bits, gstc):
     labels = [lb for lb, t in kw.TILES.items() if kw.fits(bits, gstc, t)]
     if bits not in (3, 4):
         labels = labels[:2]
-    return [(lb, s) for lb in labels for s in (1, 3) if s == 1 or not kw.TILES[lb].tail] + [(None, None)]
+    return [(lb, s) for lb in labels for s in (1, 3) if s == 1 or not (kw.TILES[lb].tail or kw.TILES[lb].sk)] + [
+        (None, None)]
 
 
 @pytest.mark.gpu
@@ -161,6 +180,38 @@ def test_gpu_wgmma_tail_blocks_cover_the_outputs_left(hopper, monkeypatch, bits,
             split += sum(v < lay.Np // 16 for v in starts)
             check_reference(hopper, bits, (K, N, group, act), M, "wgmma", lambda b, g, m: [(lb, 1) for lb in tailed])
     assert split >= 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("sms", (3, 16, 40))
+def test_gpu_wgmma_stream_k_tiles_split_between_workers(hopper, monkeypatch, bits, sms):
+    """With the GPU's SM count replaced by a small one, stream-K blocks walk several tiles and
+    split some between two of them (the second to finish adds the first's partial sums): the
+    outputs equal the reference, repeated runs are bit-identical, and the fix-up counters are
+    left zero."""
+    from gptq_export.kernels import cuda_mma
+
+    monkeypatch.setattr(cuda_mma, "sm_count", lambda: sms)
+    cp = hopper
+    labels = [lb for lb, t in kw.TILES.items() if t.sk and kw.fits(bits, 8, t)]
+    pieces = 0  # launches in which some tile was split between workers
+    for K, N, group, act in ((4160, 900, 128, False), (1024, 3000, 64, True)):
+        lay = kc.plan_layout(np.arange(K) // group, bits, K, N, -(-K // group))
+        for M in (200, 512):
+            for lb in labels:
+                tile = kw.TILES[lb]
+                tiles = kw.clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
+                pieces += tiles * lay.nu % kw.stream_k_workers(lay, M, tile) != 0
+            check_reference(hopper, bits, (K, N, group, act), M, "wgmma", lambda b, g, m: [(lb, 1) for lb in labels])
+    assert pieces >= 4
+    rng = np.random.default_rng(test_cuda.fresh_seed())
+    gl = kc.GpuLinear.from_packed(*random_layer(rng, bits, 2048, 1500, 128, False), bits, 2048, 1500)
+    x = cp.asarray(rng.standard_normal((300, 2048)).astype(np.float16))
+    for lb in labels:
+        first = cp.asnumpy(kc.quant_matmul(x, gl, path="wgmma", tile=lb, split=1))
+        np.testing.assert_array_equal(cp.asnumpy(kc.quant_matmul(x, gl, path="wgmma", tile=lb, split=1)), first)
+    assert not cp.asnumpy(kw._sk_counters(1)).any()
 
 
 @pytest.mark.gpu
