@@ -364,6 +364,28 @@ def stream_k_workers(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
     return max(1, min(tiles, resident_blocks(tile.cn) // tile.cn))
 
 
+def stream_k_segments(lay: kc.TileLayout, M: int, tile: WgTile) -> list[list[tuple[int, int, int, int]]]:
+    """The kernel's stream-K walk (wg_segment in kernels/gptq_wgmma.cu), per worker: its segments
+    (tile, first unit, end unit, split slot or -1). Worker c takes the unit positions
+    [c*W/G, (c+1)*W/G) of the W = tiles x units positions in tile order; a segment that is not a
+    whole tile is one of the two pieces of a split tile, whose slot is the boundary between the
+    two workers (c where the piece starts the worker's range, c + 1 where it ends it)."""
+    nu = lay.nu
+    tiles = clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
+    G = stream_k_workers(lay, M, tile)
+    W = tiles * nu
+    out = []
+    for c in range(G):
+        pos, end, segs = W * c // G, W * (c + 1) // G, []
+        while pos < end:
+            ti, k0 = divmod(pos, nu)
+            k1 = min(nu, k0 + end - pos)
+            segs.append((ti, k0, k1, c if k0 > 0 else c + 1 if k1 < nu else -1))
+            pos += k1 - k0
+        out.append(segs)
+    return out
+
+
 def sk_ws_size(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
     """fp32 elements of a stream-K launch's workspace: one block tile of partial sums per boundary
     between workers and CTA of a cluster."""

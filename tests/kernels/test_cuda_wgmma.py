@@ -64,6 +64,36 @@ def test_wgmma_stream_k_plan(monkeypatch):
         assert kw.stream_k_workers(lay, 512, tile) == min(clusters, tiles)
         assert kw.sk_ws_size(lay, 512, tile) == kw.stream_k_workers(lay, 512, tile) * tile.cn * tile.bn * tile.bm
     assert kw.stream_k_workers(lay, 1, kw.TILES["128x128rs"]) == 86  # fewer tiles than SMs: one each
+
+
+@pytest.mark.parametrize("sms", (3, 16, 40, 132))
+def test_wgmma_stream_k_walk_covers_every_unit_once(monkeypatch, sms):
+    """The stream-K walk (the kernel's, mirrored by stream_k_segments) gives every unit of every
+    tile to exactly one worker; a tile is whole in one worker or in two pieces, whose workers
+    share one slot (the boundary between them) that no other tile uses; slots fit the workspace."""
+    from gptq_export.kernels import cuda_mma
+
+    monkeypatch.setattr(cuda_mma, "sm_count", lambda: sms)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        K, N, M = int(rng.integers(64, 9000)), int(rng.integers(16, 30000)), int(rng.integers(1, 1100))
+        lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, -(-K // 128))
+        for label in ("128x256c4rs", "128x256c2rs", "128x128rs"):
+            tile = kw.TILES[label]
+            walk = kw.stream_k_segments(lay, M, tile)
+            assert len(walk) == kw.stream_k_workers(lay, M, tile)
+            units, slots = {}, {}
+            for c, segs in enumerate(walk):
+                for ti, k0, k1, slot in segs:
+                    assert 0 <= k0 < k1 <= lay.nu
+                    units[ti] = units.get(ti, 0) + (k1 - k0)
+                    if slot >= 0:
+                        assert slot in (c, c + 1) and 1 <= slot < len(walk)
+                        slots.setdefault(slot, set()).add((ti, c))
+            tiles = kw.clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
+            assert units == {ti: lay.nu for ti in range(tiles)}, (K, N, M, label)
+            for slot, pieces in slots.items():  # one tile, one piece from each of the two workers
+                assert len({ti for ti, _ in pieces}) == 1 and {c for _, c in pieces} == {slot - 1, slot}
     with pytest.raises(ValueError, match="no tail"):
         kw.WgTile(1, 256, 2, True, tail=kw.TILES["128x128r"], sk=True)
 
