@@ -121,16 +121,14 @@ MMA_MAX_M = 128
 #: kernels/cuda_wgmma.py) for WG_MIN_M <= M <= WG_MAX_M rows of MMA_BITS layers with at least
 #: WG_MIN_WEIGHTS weights: measured there (tools/bench_kernels.py --wg-sweep, docs/gpu-results.md)
 #: 1.2-1.9x faster than qgemm_mma at M = 128 and 1.3-1.8x faster than dequantize + cuBLAS at
-#: M = 256 on 4096 x 11008 and larger; about even with them on 4096 x 4096.
+#: M = 256 on 4096 x 11008 and larger; about even with them on 4096 x 4096. At 512 rows (H100,
+#: thirteenth session, kernel only, 4-bit g128), with stream-K tiles where the blocks do not fill
+#: whole waves: 8192 x 28672 391.9 us, 4096 x 11008 86.9 (dequantize + cuBLAS: 107.1, twelfth
+#: session), 8192 x 8192 119.6-122.7; 11008 x 4096 in one wave of 128 x 128 blocks 99.7 against
+#: 104.5 (seventh session). Above 512 rows (not measured) dequantize + cuBLAS.
 WG_MIN_M = 128
-WG_MAX_M = 256
+WG_MAX_M = 512
 WG_MIN_WEIGHTS = 32 << 20
-#: ... and up to WG_BIG_MAX_M rows for layers of at least WG_BIG_WEIGHTS weights: at M = 512 (H200,
-#: ninth session) 8192 x 8192 117 us against 135 for dequantize + cuBLAS, 8192 x 28672 409 against
-#: 469; smaller layers keep dequantize + cuBLAS there (4096 x 11008: 113 against 94; 11008 x 4096
-#: and 4096 x 4096 even or slower).
-WG_BIG_MAX_M = 512
-WG_BIG_WEIGHTS = 64 << 20
 #: ... and, in 256 x 64 blocks (kernels.cuda_wgmma.default_plan), for WG_SMALL_MIN_M <= M <=
 #: WG_SMALL_MAX_M rows of layers with at least WG_MIN_WEIGHTS weights and WG_SMALL_MIN_UNITS K' units:
 #: on an H200 at 32 and 64 rows (docs/gpu-results-h200.md), 4-bit 8192 x 28672 95-97 us against 126-129
@@ -412,8 +410,7 @@ def auto_path(layer: GpuLinear, M: int) -> str:
     lay = layer.layout
     weights = lay.K * lay.N
     few = WG_SMALL_MIN_M <= M <= WG_SMALL_MAX_M and weights >= WG_MIN_WEIGHTS and lay.nu >= WG_SMALL_MIN_UNITS
-    many = WG_MIN_M <= M and (
-        (M <= WG_MAX_M and weights >= WG_MIN_WEIGHTS) or (M <= WG_BIG_MAX_M and weights >= WG_BIG_WEIGHTS))
+    many = WG_MIN_M <= M <= WG_MAX_M and weights >= WG_MIN_WEIGHTS
     if lay.bits in MMA_BITS and (few or many):
         from . import cuda_wgmma
 

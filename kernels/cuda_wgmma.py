@@ -13,9 +13,6 @@ Tiles (``WgTile``): a block of NWG warpgroups, each with FW m64 tiles of outputs
 CN > 1 groups CN blocks along the outputs into a cluster that loads each x stage once (multicast).
 x is prepared once per call (`prep`: [Kp/128, Mp/BM, 16, BM, 8], blocks of the tile's BM rows) so
 that a block's x stage is one 1-D bulk copy (TMA; one per CTA of a cluster), not 16.
-Half-unit stages (``spu`` = 2, label suffix "h", only with the weights in registers): each
-pipeline slot holds the x of half a K' unit (4 k-steps), so the same shared memory makes twice as
-many slots, released twice as often: the producer may run further ahead.
 ``split`` > 1 splits K' over blockIdx.z into an fp32 workspace that `mma_reduce` adds in a fixed
 order (deterministic), as for `qgemm_mma`.
 """
@@ -43,12 +40,9 @@ class WgTile:
     wr: bool = False  # weights loaded straight into registers (one unit ahead), not staged by TMA
     nwg: int = 2  # warpgroups per block
     tail: WgTile | None = None  # blocks of the last, partial wave (split = 1 only): see `tail_start`
-    spu: int = 1  # pipeline stages per K' unit: 2 = half-unit stages (x in halves of 8 k-steps; wr only)
     sk: bool = False  # stream-K: one block per SM walks an equal share of all tiles' units (`stream_k_workers`)
 
     def __post_init__(self):
-        if self.spu not in (1, 2) or (self.spu == 2 and not self.wr):
-            raise ValueError(f"stages per unit must be 1, or 2 with the weights in registers (wr), got {self.spu}")
         if self.sk and self.tail is not None:
             raise ValueError("a stream-K tile has no tail: its blocks share the last wave's work")
 
@@ -63,7 +57,7 @@ class WgTile:
     @property
     def label(self) -> str:
         own = (f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
-               + ("h" if self.spu == 2 else "") + ("s" if self.sk else ""))
+               + ("s" if self.sk else ""))
         return own + (f"+{self.tail.label}" if self.tail else "")
 
     def parts(self) -> tuple[WgTile, ...]:
@@ -73,14 +67,12 @@ class WgTile:
 
 #: Tiles the benchmarks sweep and the dispatch picks from (label = outputs x tokens per block, then
 #: cN = clusters of N blocks along the outputs sharing x, r = weights loaded into registers one
-#: unit ahead, h = half-unit pipeline stages: twice as many slots of half the size, s = stream-K).
+#: unit ahead, s = stream-K: `stream_k_workers`).
 _BASE = (
     WgTile(1, 128), WgTile(2, 128), WgTile(1, 256), WgTile(1, 64), WgTile(2, 64, 1, True),
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
-    WgTile(1, 256, 4, True, spu=2), WgTile(1, 256, 2, True, spu=2), WgTile(1, 128, 1, True, spu=2),
     WgTile(1, 256, 4, True, sk=True), WgTile(1, 256, 2, True, sk=True), WgTile(1, 128, 1, True, sk=True),
-    WgTile(1, 256, 4, True, spu=2, sk=True), WgTile(1, 256, 2, True, spu=2, sk=True),
 )
 #: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
 _TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)
@@ -93,12 +85,12 @@ TILES = {t.label: t for t in _BASE + _TAILED}
 def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:
     ngu = 8 // gstc if gstc < 8 else 1
     head = (0 if tile.wr else (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4) + ngu * tile.bn * 4
-    return -(-head // 128) * 128 + 16 * tile.bm * 16 // tile.spu
+    return -(-head // 128) * 128 + 16 * tile.bm * 16
 
 
 def stages_for(bits: int, gstc: int, tile: WgTile) -> int:
-    """Pipeline stages of the tile's own blocks (not of its tail's): at most MAX_STAGES units."""
-    st = min(MAX_STAGES * tile.spu, SMEM_LIMIT // stage_bytes(bits, gstc, tile))
+    """Pipeline stages of the tile's own blocks (not of its tail's)."""
+    st = min(MAX_STAGES, SMEM_LIMIT // stage_bytes(bits, gstc, tile))
     if st < MIN_STAGES:
         raise ValueError(f"tile {tile.label} does not fit shared memory with {bits} bits")
     return st
@@ -116,8 +108,8 @@ def smem_bytes(bits: int, gstc: int, tile: WgTile) -> int:
 
 def kernel_name(bits: int, gstc: int, tile: WgTile) -> str:
     t = tile
-    spu = f",{t.spu},1" if t.sk else f",{t.spu}" if t.spu != 1 else ""
-    return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{int(t.wr)},{stages_for(bits, gstc, t)}{spu}>"
+    sk = ",1" if t.sk else ""
+    return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{int(t.wr)},{stages_for(bits, gstc, t)}{sk}>"
 
 
 def kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), tiles=None) -> list[str]:
@@ -181,12 +173,15 @@ ROW_ALIGN = 256  # rows of the prepared x: a multiple of every tile's BM
 C4_BLOCKS_PER_SM = 0.6
 
 
-#: Measured on an H200 at 512 rows (tools/bench_kernels.py --wg-sweep-only, docs/gpu-results-h200.md):
-#: 4096 x 11008 4-bit 125.9 -> 119.4 us, 3-bit 120.0 -> 118.8; on 8192 x 28672 (64 units) clusters
-#: of 4 without a tail stay faster (446.6 against 452.6 us). (`auto` keeps dequantize + cuBLAS for
-#: 4096 x 11008 at 512 rows, 94 us: this is the plan of path="wgmma".)
-TAIL_MIN_M = 512
-TAIL_MAX_UNITS = 32
+#: From SK_MIN_M rows (two 256-row blocks and more), the 128 x 256 blocks take their stream-K form
+#: where they do not fill whole waves (`stream_k_workers`); layers of at most SK_C2_MAX_UNITS K'
+#: units take clusters of 2 there, not 4. H100, 4-bit g128, 512 rows, kernel only (tools/probe_wgmma.py
+#: --variants, docs/gpu-results.md, thirteenth session): 8192 x 28672 410.5 -> 391.9 us (clusters
+#: of 2: 394.7); 4096 x 11008 (32 units) 106.9 -> 86.9 in clusters of 2 (89.6 in clusters of 4).
+#: (It replaces the tail plan, whole waves of 128 x 256 blocks and the rest in 128 x 128 blocks:
+#: 4096 x 11008 at 512 rows 119-124 us.) At 256 rows, not measured, the tiles stay as they were.
+SK_MIN_M = 257
+SK_C2_MAX_UNITS = 32
 #: From ONE_WAVE_MIN_M rows, layers whose 128 x 128 blocks (weights straight into registers)
 #: fill between half the SMs and all of them take those blocks, one wave, K' unsplit. H200,
 #: 4-bit g128, kernel only (tools/bench_kernels.py --wg-sweep-only, docs/gpu-results.md, ninth
@@ -268,10 +263,10 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     the weights loaded straight into registers up to 64 rows, 256 x 128 blocks up to 128; above,
     128 x 256 blocks with the weights loaded straight into registers, in clusters of 4 where N gives at least C4_BLOCKS_PER_SM
     blocks of 128 outputs per SM, else of 2 (128 x 128 blocks where those tiles do not fit shared
-    memory: 8 bits, 4 bits with groups of 16); from TAIL_MIN_M rows, layers of at most
-    TAIL_MAX_UNITS K' units that would take clusters of 4 take clusters of 2 with the last, partial
-    wave in 128 x 128 blocks instead; K' split so that the grid covers the SMs about once, with >= 4
-    units per split. From ONE_WAVE_MIN_M rows, a layer whose 128 x 128 blocks fill more than half
+    memory: 8 bits, 4 bits with groups of 16); from SK_MIN_M rows, layers of at most
+    SK_C2_MAX_UNITS K' units take clusters of 2, and blocks that do not fill whole waves take the
+    tile's stream-K form; K' split (not in stream-K) so that the grid covers the SMs about once,
+    with >= 4 units per split. From ONE_WAVE_MIN_M rows, a layer whose 128 x 128 blocks fill more than half
     the SMs in one wave takes those (ONE_WAVE_TILE)."""
     lay = layer.layout
     sms = cuda_mma.sm_count()
@@ -285,13 +280,15 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
         tile = TILES["256x128"]
     elif M >= ONE_WAVE_MIN_M and sms // 2 < blocks(TILES[ONE_WAVE_TILE]) <= sms:
         tile = TILES[ONE_WAVE_TILE]
-    elif M >= TAIL_MIN_M and lay.nu <= TAIL_MAX_UNITS and -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms:
-        tile = TILES["128x256c2r+128x128r"]
     else:
-        tile = TILES["128x256c4r" if -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms else "128x256c2r"]
+        c4 = -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms and not (M >= SK_MIN_M and lay.nu <= SK_C2_MAX_UNITS)
+        tile = TILES["128x256c4r" if c4 else "128x256c2r"]
+        tiles = clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
+        if M >= SK_MIN_M and tiles > stream_k_workers(lay, M, tile):  # a partial last wave: stream-K
+            tile = TILES[tile.label + "s"]
     if not fits(lay.bits, lay.gstc, tile):
         tile = TILES["128x128"]
-    split = max(1, min(8, sms // blocks(tile), lay.nu // 4))
+    split = 1 if tile.sk else max(1, min(8, sms // blocks(tile), lay.nu // 4))
     return tile, split
 
 

@@ -3,7 +3,7 @@
 // (gptq_cuda.cu + gptq_cuda_repack.cu + gptq_mma.cu + this file, with -arch=sm_90a): it uses their
 // helpers (Fmt, magic_pair, hsub2, hmul2, prmt, f2h, smem_u32, ...).
 //
-// qgemm_wg<BITS, GSTC, FW, BM, NWG, CN, WR, STAGES, SPU = 1>: y[M, N] = x[M, K] @ W (+ bias)
+// qgemm_wg<BITS, GSTC, FW, BM, NWG, CN, WR, STAGES, SK = 0>: y[M, N] = x[M, K] @ W (+ bias)
 //   Orientation as in qgemm_mma: W^T (rows = outputs) is the A operand, decoded in registers from
 //   the packed words (wgmma's register-A fragment of a warp is mma.m16n8k16's A fragment, so each
 //   warp decodes its 16-output n-tile exactly as qgemm_mma does); x^T (BM tokens x k16) is the B
@@ -29,10 +29,6 @@
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
 //   bytes apart; the launcher passes these as sbo / lbo).
-//   SPU = 2 (WR only): a unit takes two stages (parts), each with the SZ rows and the 8 x chunks of
-//   4 k-steps; a part is waited for at its first k-step and released INFLIGHT k-steps into the next
-//   part: in the same shared memory, 6 half-unit slots are refilled 2.5 units before they are
-//   needed, 3 one-unit slots 2 units before.
 //   x is prepared by prep_xwg (kernels/cuda_wgmma.py `prep`) as xw[Kp/128][Mp/XB][16][XB][8] fp16
 //   in "wg order": blocks of XB rows (a multiple of 32 dividing Mp); 16-byte chunk p of unit u
 //   holds, at element e, the K' position of A-fragment element (k-step ts = p/2, pair 2*jh, lane
@@ -82,11 +78,6 @@
 // which leaves one k-step, not seven, to hide their DRAM latency (tools/sass_wgmma.py shows it).
 #ifndef WG_NC_PREFETCH
 #define WG_NC_PREFETCH 0
-#endif
-// Profiling only: with half-unit stages (SPU = 2), WG_WAIT_TOP=1 waits for both parts of a unit
-// before its first k-step instead of for each part at its own first k-step.
-#ifndef WG_WAIT_TOP
-#define WG_WAIT_TOP 0
 #endif
 
 template <int N>
@@ -181,10 +172,8 @@ __device__ __forceinline__ u64 wg_desc(u32 addr, int lbo, int sbo) {
     return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)((lbo >> 4) & 0x3FFF) << 16) | ((u64)((sbo >> 4) & 0x3FFF) << 32);
 }
 
-template <int BITS, int GSTC, int FW, int BM, int NWG, int WR, int SPU = 1>
+template <int BITS, int GSTC, int FW, int BM, int NWG, int WR>
 struct WgCfg {
-    static_assert(SPU == 1 || (SPU == 2 && WR), "half-unit stages need the weights in registers (WR)");
-    static constexpr int KS = 8 / SPU;  // k-steps per stage
     static constexpr int WPU = Fmt<BITS>::WPU;
     static constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
     static constexpr int S = GSTC < 8 ? 16 * GSTC : 128;
@@ -203,7 +192,7 @@ struct WgCfg {
     static constexpr int W_BYTES = WR ? 0 : (BN / 16) * 32 * WPU * 4;  // WR: weights straight to registers
     static constexpr int SZ_BYTES = NGU * BN * 4;
     static constexpr int X_OFF = (W_BYTES + SZ_BYTES + 127) / 128 * 128;
-    static constexpr int X_BYTES = 16 * BM * 16 / SPU;  // the stage's 16 / SPU chunks of x
+    static constexpr int X_BYTES = 16 * BM * 16;
     static constexpr int STAGE_BYTES = X_OFF + X_BYTES;
 };
 
@@ -263,21 +252,20 @@ __device__ __forceinline__ void mbar_arrive_local_if(u32 bar, bool cond) {
                  "r"((u32)cond) : "memory");
 }
 
-// Stage (u, h) (unit u, part h of its SPU parts), issued by the lanes of one warp as bulk copies
-// completing on `bar`: W (n-tile blocks of 32*WPU words; SPU = 1 only), SZ (NGU rows of the block's
-// sz words, in every part), X (the part's NP = 16 / SPU chunks p = h*NP .. h*NP + NP - 1 of BM rows:
+// Stage of unit u, issued by the lanes of one warp as bulk copies completing on `bar`:
+// W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows:
 // one copy where xb = BM, else one per chunk).
 // N-tiles >= Np/16 are not copied (their A rows are garbage; those outputs are not written).
 // With a cluster of CN CTAs along N (CN > 1), all of which share m0 and the units, x goes to every
-// CTA of the cluster (multicast): where xb = BM, CTA 0 copies the part's NP chunks at once (WG_X_ONE_ISSUER),
-// else CTA `rank` copies NP / CN of them; each CTA's barrier expects its own W and SZ plus all NP X chunks.
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int SPU>
-__device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, int h, const u16* __restrict__ xw, int Mp,
-                                               int xb, const u32* __restrict__ qw, const u32* __restrict__ sz, int Np,
-                                               int nt_hi, int NU, int upg, int nt0, int m0, int lane, u32 rank) {
-    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR, SPU>;
-    constexpr int NB = WR ? 0 : C::BN / 16, WB = 32 * C::WPU * 4, NP = 16 / SPU, NX = NP / CN;
-    static_assert(NX >= 1, "each CTA of a cluster copies at least one chunk");
+// CTA of the cluster (multicast): where xb = BM, CTA 0 copies all 16 chunks at once (WG_X_ONE_ISSUER),
+// else CTA `rank` copies chunks p = rank*16/CN .. (rank+1)*16/CN - 1; each CTA's barrier expects its
+// own W and SZ plus all 16 X chunks.
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR>
+__device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp, int xb,
+                                               const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int nt_hi,
+                                               int NU, int upg, int nt0, int m0, int lane, u32 rank) {
+    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
+    constexpr int NB = WR ? 0 : C::BN / 16, WB = 32 * C::WPU * 4, NX = 16 / CN;
     const int ntv = max(0, min(C::BN / 16, nt_hi - nt0));
     // chunk p of this unit at xs + p * xb * 8 (contiguous where xb = BM: one copy)
     const u16* xs = xw + ((size_t)(u * (Mp / xb) + m0 / xb) * 16 * xb + m0 % xb) * 8;
@@ -295,11 +283,11 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, int h, 
             const int gi = j - NB;
             const int grp = GSTC < 8 ? u * C::NGU + gi : u / upg;
             if (ntv) bulk_g2s(s_st + C::W_BYTES + gi * C::BN * 4, sz + (size_t)grp * Np + nt0 * 16, szb, bar);
-        } else {  // stage-local chunks q .. q + n - 1 (unit chunks h*NP + q ..)
-            const int q = x_all ? 0 : (int)rank * NX + (x1 ? 0 : j - NB - C::NGU), n = x_all ? NP : x1 ? NX : 1;
-            const u16* src = xs + (size_t)(h * NP + q) * xb * 8;
-            if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF + q * BM * 16, src, n * BM * 16, bar);
-            else bulk_g2s_multicast(s_st + C::X_OFF + q * BM * 16, src, n * BM * 16, bar, (u16)((1u << CN) - 1u));
+        } else {  // chunks p .. p + n - 1
+            const int p = x_all ? 0 : (int)rank * NX + (x1 ? 0 : j - NB - C::NGU), n = x_all ? 16 : x1 ? NX : 1;
+            const u16* src = xs + (size_t)p * xb * 8;
+            if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar);
+            else bulk_g2s_multicast(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar, (u16)((1u << CN) - 1u));
         }
     }
 }
@@ -338,12 +326,12 @@ __device__ __forceinline__ void wg_segment(int pos, int end, int NU, int NC, int
     }
 }
 
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES, int SPU = 1, int SK = 0>
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES, int SK = 0>
 __global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
          int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo, int* __restrict__ cnt) {
-    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR, SPU>;
+    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
     static_assert(STAGES >= 2, "a slot is refilled while the others compute");
     extern __shared__ uint4 wg_smem[];
     __shared__ __align__(8) u64 full[STAGES], consumed[STAGES], empty[STAGES];
@@ -391,7 +379,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
             for (int pos = w_begin, sg = 0; SK ? pos < w_end : sg == 0; ++sg) {  // SK = 0: one segment, maybe empty
                 int nt0, mb, k0, k1;
                 wg_segment<C::BN, CN, SK>(pos, w_end, NU, NC, nt_lo, rank, nt0, mb, k0, k1);
-                for (int j = 0; j < (k1 - k0) * SPU; ++j, ++v) {  // stage v: part j % SPU of unit k0 + j / SPU
+                for (int u = k0; u < k1; ++u, ++v) {  // stage v: unit u
                     const int s = v % STAGES;
                     if (v >= STAGES) {
                         const u32 par = ((v / STAGES) - 1) & 1;
@@ -401,9 +389,9 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                             mbar_wait(s_empty + 8 * s, par);
                         }
                     }
-                    wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR, SPU>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s,
-                                                                     k0 + j / SPU, j % SPU, xw, Mp, xb, qw, sz, Np,
-                                                                     nt_hi, NU, upg, nt0, mb * BM, lane, rank);
+                    wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u, xw,
+                                                                Mp, xb, qw, sz, Np, nt_hi, NU, upg, nt0, mb * BM, lane,
+                                                                rank);
                 }
                 pos += k1 - k0;
             }
@@ -431,15 +419,12 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
         }
     }
     for (int it = 0; it < iters; ++it) {
-        // stage of k-step ts: v = v0 + it * SPU + ts / KS. WG_WAIT_TOP=1 (profiling) waits for every part of
-        // the unit here; by default a part is waited for at its first k-step.
-        if (WG_WAIT_TOP || SPU == 1) {
-#pragma unroll
-            for (int h = 0; h < SPU; ++h) {
-                const int v = v0 + it * SPU + h;
-                mbar_wait(s_full + 8 * (v % STAGES), (v / STAGES) & 1);
-            }
-        }
+        const int v = v0 + it;  // this unit's stage (overall)
+        mbar_wait(s_full + 8 * (v % STAGES), (v / STAGES) & 1);
+        const unsigned char* st = smem + (v % STAGES) * C::STAGE_BYTES;
+        const u32* sw = reinterpret_cast<const u32*>(st);
+        const u32* ssz = reinterpret_cast<const u32*>(st + C::W_BYTES);
+        const u32 s_x = smem_u32(st + C::X_OFF);
         u32 w[FW][C::WPU];
 #pragma unroll
         for (int f = 0; f < FW; ++f) {
@@ -451,22 +436,12 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                     load_unit<BITS, !WG_NC_PREFETCH>(wn[f], qw + ((size_t)nt * NU + k0 + it + 1) * (32 * C::WPU),
                                                      lane);
             } else {
-                const u32* sw = reinterpret_cast<const u32*>(smem + ((v0 + it) % STAGES) * C::STAGE_BYTES);
                 lds_unit<BITS>(w[f], sw + ((wg * FW + f) * 4 + wq) * (32 * C::WPU), lane);
             }
         }
         u32 zz[FW][2], sc[FW][2];
-        const u32* ssz = nullptr;
-        u32 s_x = 0;
 #pragma unroll
         for (int ts = 0; ts < 8; ++ts) {
-            const int lv = it * SPU + ts / C::KS, v = v0 + lv;  // this k-step's stage (in the segment, overall)
-            if (ts % C::KS == 0) {  // first k-step of a stage (compile-time condition)
-                if (!WG_WAIT_TOP && SPU > 1) mbar_wait(s_full + 8 * (v % STAGES), (v / STAGES) & 1);
-                const unsigned char* st = smem + (v % STAGES) * C::STAGE_BYTES;
-                ssz = reinterpret_cast<const u32*>(st + C::W_BYTES);
-                s_x = smem_u32(st + C::X_OFF);
-            }
             if (ts % GSTC == 0 || ts == 0) {  // group of this k-step (compile-time condition)
                 const int gi = GSTC < 8 ? ts / GSTC : 0;
 #pragma unroll
@@ -484,7 +459,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                 for (int pr = 0; pr < 4; ++pr)
                     a[f][pr] = WG_ABLATE == 1 ? sc[f][pr & 1] ^ (u32)(ts * 4 + pr)
                                               : hmul2(hsub2(magic_pair<BITS>(w[f], ts, pr), zz[f][pr & 1]), sc[f][pr & 1]);
-            const u64 desc = wg_desc(s_x + (ts % C::KS) * (2 * BM * 16), lbo, sbo);
+            const u64 desc = wg_desc(s_x + ts * (2 * BM * 16), lbo, sbo);
             wg_fence();
 #pragma unroll
             for (int f = 0; f < FW; ++f)
@@ -492,15 +467,16 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                 else acc[f][0] += __uint_as_float(a[f][0] ^ a[f][3] ^ (u32)desc);
             wg_commit();
             wg_wait<C::INFLIGHT>();
-            // at most INFLIGHT groups, all of stage v, are pending now: stage v - 1 is complete,
-            // release its slot (a CTA-local arrive: the producer warp does the cluster-wide part)
-            if (ts % C::KS == C::INFLIGHT - 1) mbar_arrive_local_if(s_consumed + 8 * ((v + STAGES - 1) % STAGES), lv >= 1);
+            // at most INFLIGHT groups, all of this unit, are pending now: unit it - 1 of the segment
+            // is complete, release its slot (a CTA-local arrive: the producer warp does the
+            // cluster-wide part)
+            if (ts == C::INFLIGHT - 1) mbar_arrive_local_if(s_consumed + 8 * ((v + STAGES - 1) % STAGES), it >= 1);
         }
     }
     wg_wait<0>();
 #pragma unroll
     for (int f = 0; f < FW; ++f) fence_regs(acc[f]);
-    v0 += iters * SPU;
+    v0 += iters;
     // the segment's last stage is complete: release it now, so that the producer runs on into the
     // next segment during this epilogue
     if (iters > 0) mbar_arrive_local_if(s_consumed + 8 * ((v0 - 1) % STAGES), true);
