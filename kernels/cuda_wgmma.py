@@ -389,17 +389,20 @@ def sk_ws_size(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
     return stream_k_workers(lay, M, tile) * tile.cn * tile.bn * tile.bm
 
 
-_COUNTERS: dict[int, object] = {}
+_COUNTERS: dict[tuple[int, int], object] = {}
 
 
 def _sk_counters(n: int):
-    """int32 zeros (>= n) on the current device for the stream-K fix-up: an arrival counter and a
-    ready flag per split tile and CTA; each launch leaves them zero again (made once per device)."""
+    """int32 zeros (>= n) for the stream-K fix-up: an arrival counter and a ready flag per split
+    tile and CTA. Each launch leaves them zero again, so launches in order reuse them: one buffer
+    per device and stream (the current CuPy stream, which the launch uses), kept for the process
+    (a CUDA graph may hold its address). Graphs captured on one stream must not be replayed at
+    the same time on two streams."""
     cp = kc._cupy()
-    dev = cp.cuda.runtime.getDevice()
-    buf = _COUNTERS.get(dev)
+    key = (cp.cuda.runtime.getDevice(), cp.cuda.get_current_stream().ptr)
+    buf = _COUNTERS.get(key)
     if buf is None or buf.size < n:
-        buf = _COUNTERS[dev] = cp.zeros(max(n, 4096), dtype=cp.int32)
+        buf = _COUNTERS[key] = cp.zeros(max(n, 4096), dtype=cp.int32)
     return buf
 
 
