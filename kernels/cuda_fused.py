@@ -7,7 +7,7 @@ steps: `fused_plan` works out a configuration once per layer, device, row count 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,9 +29,11 @@ class FusedPlan:
     x_f32: int
     smem: int
     grid: tuple[int, int]
-    ushift: int  # log2 of the layout's units per group, or -1
-    pre: tuple = ()  # the kernel's int32 arguments after x (ldx, kx, x_f32, gather), made once
-    post: tuple = ()  # ... and after out_f32 (M, N, Np, units, units per group, ushift)
+    post: tuple  # the kernel's int32 arguments after out_f32 (M, N, Np, units, units per group, log2 of it or -1)
+    pre: tuple = field(init=False)  # ... and after x (ldx, kx, x_f32, gather), made once
+
+    def __post_init__(self):
+        object.__setattr__(self, "pre", tuple(np.int32(v) for v in (self.ldx, self.kx, self.x_f32, self.gather)))
 
 
 def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, aligned: bool, *, mt: int | None = None,
@@ -72,8 +74,7 @@ def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, aligned: bool, *, mt: i
     ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
     plan = layer.plans[key] = FusedPlan(
         names, prep, gather, ldx, kx, xf, M * (lay.Kp + 8) * 2 if xs else 0,
-        (lay.Np // (16 * nt) * cs, -(-M // (8 * mt))), ushift,
-        (i32(ldx), i32(kx), i32(xf), i32(gather)),
+        (lay.Np // (16 * nt) * cs, -(-M // (8 * mt))),
         (i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(upg), i32(ushift)),
     )
     return plan

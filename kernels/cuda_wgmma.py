@@ -233,6 +233,11 @@ def clusters_along_n(n_tiles: int, tile: WgTile) -> int:
     return -(-n_tiles * 16 // (tile.bn * tile.cn))
 
 
+def cluster_tiles(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
+    """Cluster tiles (tile.cn blocks of bn outputs x bm rows) that cover the layer's outputs for M rows."""
+    return clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
+
+
 def resident_blocks(cn: int) -> int:
     """Blocks (one per SM) the GPU runs at once in clusters of `cn` CTAs: every SM for cn <= 2; in
     clusters of 4 (each within one GPC) an H100 / H200 runs 30 clusters, 120 of its 132 SMs
@@ -272,7 +277,7 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     sms = cuda_mma.sm_count()
 
     def blocks(t: WgTile) -> int:
-        return clusters_along_n(lay.Np // 16, t) * t.cn * -(-M // t.bm)
+        return cluster_tiles(lay, M, t) * t.cn
 
     if M <= 64:
         tile = TILES["256x64r"]
@@ -283,8 +288,7 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     else:
         c4 = -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms and not (M >= SK_MIN_M and lay.nu <= SK_C2_MAX_UNITS)
         tile = TILES["128x256c4r" if c4 else "128x256c2r"]
-        tiles = clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
-        if M >= SK_MIN_M and tiles > stream_k_workers(lay, M, tile):  # a partial last wave: stream-K
+        if M >= SK_MIN_M and cluster_tiles(lay, M, tile) > stream_k_workers(lay, M, tile):  # a partial wave
             tile = TILES[tile.label + "s"]
     if not fits(lay.bits, lay.gstc, tile):
         tile = TILES["128x128"]
@@ -357,8 +361,7 @@ def stream_k_workers(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
     (`resident_blocks`), at most one per tile. Worker c of G takes the units [c*W/G, (c+1)*W/G)
     of all tiles' W units in tile order (tiles n-fastest); a tile split between two workers (never
     more: G <= tiles) is added up by the one that finishes its piece second."""
-    tiles = clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
-    return max(1, min(tiles, resident_blocks(tile.cn) // tile.cn))
+    return max(1, min(cluster_tiles(lay, M, tile), resident_blocks(tile.cn) // tile.cn))
 
 
 def stream_k_segments(lay: kc.TileLayout, M: int, tile: WgTile) -> list[list[tuple[int, int, int, int]]]:
@@ -368,9 +371,8 @@ def stream_k_segments(lay: kc.TileLayout, M: int, tile: WgTile) -> list[list[tup
     whole tile is one of the two pieces of a split tile, whose slot is the boundary between the
     two workers (c where the piece starts the worker's range, c + 1 where it ends it)."""
     nu = lay.nu
-    tiles = clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
     G = stream_k_workers(lay, M, tile)
-    W = tiles * nu
+    W = cluster_tiles(lay, M, tile) * nu
     out = []
     for c in range(G):
         pos, end, segs = W * c // G, W * (c + 1) // G, []
@@ -383,10 +385,12 @@ def stream_k_segments(lay: kc.TileLayout, M: int, tile: WgTile) -> list[list[tup
     return out
 
 
-def sk_ws_size(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
-    """fp32 elements of a stream-K launch's workspace: one block tile of partial sums per boundary
-    between workers and CTA of a cluster."""
-    return stream_k_workers(lay, M, tile) * tile.cn * tile.bn * tile.bm
+def workspace_size(lay: kc.TileLayout, M: int, tile: WgTile, split: int) -> int:
+    """fp32 elements of a launch's workspace: split partial outputs for split > 1; for a stream-K
+    tile, one block tile of partial sums per boundary between workers and CTA of a cluster; else 0."""
+    if tile.sk:
+        return stream_k_workers(lay, M, tile) * tile.cn * tile.bn * tile.bm
+    return split * M * lay.N if split > 1 else 0
 
 
 _COUNTERS: dict[tuple[int, int], object] = {}
@@ -408,7 +412,7 @@ def _sk_counters(n: int):
 
 def _sk_workspace(lay: kc.TileLayout, M: int, tile: WgTile, ws):
     cp = kc._cupy()
-    need = sk_ws_size(lay, M, tile)
+    need = workspace_size(lay, M, tile, 1)
     if ws is None:
         return cp.empty(need, dtype=cp.float32)
     if ws.dtype != cp.float32 or ws.size < need or not ws.flags.c_contiguous:

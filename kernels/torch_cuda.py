@@ -157,9 +157,10 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
                 from . import cuda_mma, cuda_wgmma
 
                 tile, split = (cuda_mma if path == "mma" else cuda_wgmma).default_plan(layer, M)
-                n_ws = split * M * N if split > 1 else 0
-                if path == "wgmma" and tile.sk:  # stream-K: partial sums of the tiles split between blocks
-                    n_ws = cuda_wgmma.sk_ws_size(lay, M, tile)
+                if path == "wgmma":  # split-K partials, or stream-K partial tiles
+                    n_ws = cuda_wgmma.workspace_size(lay, M, tile, split)
+                else:
+                    n_ws = split * M * N if split > 1 else 0
                 if n_ws:
                     ws = to_cupy(torch.empty(n_ws, dtype=torch.float32, device=x.device))
             elif path != "fused":

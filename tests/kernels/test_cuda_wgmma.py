@@ -46,8 +46,11 @@ def test_wgmma_stream_k_plan(monkeypatch):
         tile = kw.TILES[label]
         assert tile.sk and kw.kernel_name(4, 8, tile).endswith(",1>") and kw.kernel_name(4, 8, tile).count(",") == 8
         tiles = kw.clusters_along_n(lay.Np // 16, tile) * -(-512 // tile.bm)
-        assert kw.stream_k_workers(lay, 512, tile) == min(clusters, tiles)
-        assert kw.sk_ws_size(lay, 512, tile) == kw.stream_k_workers(lay, 512, tile) * tile.cn * tile.bn * tile.bm
+        assert kw.cluster_tiles(lay, 512, tile) == tiles and kw.stream_k_workers(lay, 512, tile) == min(clusters, tiles)
+        ws = kw.workspace_size(lay, 512, tile, 1)
+        assert ws == kw.stream_k_workers(lay, 512, tile) * tile.cn * tile.bn * tile.bm
+    assert kw.workspace_size(lay, 512, kw.TILES["128x256c2r"], 3) == 3 * 512 * 11008
+    assert kw.workspace_size(lay, 512, kw.TILES["128x256c2r"], 1) == 0
     assert kw.stream_k_workers(lay, 1, kw.TILES["128x128rs"]) == 86  # fewer tiles than SMs: one each
 
 
@@ -75,8 +78,7 @@ def test_wgmma_stream_k_walk_covers_every_unit_once(monkeypatch, sms):
                     if slot >= 0:
                         assert slot in (c, c + 1) and 1 <= slot < len(walk)
                         slots.setdefault(slot, set()).add((ti, c))
-            tiles = kw.clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
-            assert units == {ti: lay.nu for ti in range(tiles)}, (K, N, M, label)
+            assert units == {ti: lay.nu for ti in range(kw.cluster_tiles(lay, M, tile))}, (K, N, M, label)
             for slot, pieces in slots.items():  # one tile, one piece from each of the two workers
                 assert len({ti for ti, _ in pieces}) == 1 and {c for _, c in pieces} == {slot - 1, slot}
     with pytest.raises(ValueError, match="no tail"):
@@ -216,8 +218,7 @@ def test_gpu_wgmma_stream_k_tiles_split_between_workers(hopper, monkeypatch, bit
         for M in (200, 512):
             for lb in labels:
                 tile = kw.TILES[lb]
-                tiles = kw.clusters_along_n(lay.Np // 16, tile) * -(-M // tile.bm)
-                split[lb] += tiles * lay.nu % kw.stream_k_workers(lay, M, tile) != 0
+                split[lb] += kw.cluster_tiles(lay, M, tile) * lay.nu % kw.stream_k_workers(lay, M, tile) != 0
             check_reference(hopper, bits, (K, N, group, act), M, "wgmma", lambda b, g, m: [(lb, 1) for lb in labels])
     assert all(split.values()), split
     rng = np.random.default_rng(test_cuda.fresh_seed())
