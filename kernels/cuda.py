@@ -50,7 +50,8 @@ Paths of `quant_matmul` (M = rows of x):
 - WG_MIN_M <= M <= WG_MAX_M (and WG_SMALL_MIN_M <= M <= WG_SMALL_MAX_M with >= WG_SMALL_MIN_UNITS K'
   units), bits in MMA_BITS, at least WG_MIN_WEIGHTS weights, on sm_90 (H100 /
   H200): `qgemm_wg` (kernels/gptq_wgmma.cu, launcher kernels/cuda_wgmma.py), a fused dequantize +
-  wgmma GEMM fed by TMA bulk copies (x first gathered into the kernel's order by `prep_xwg`).
+  wgmma GEMM fed by TMA bulk copies (x first put into the kernel's order by `prep_xwg_direct`,
+  16-byte loads, or `prep_xwg`, an element gather under act-order).
 - larger M (prefill), other bits, or path="dequant": `dequant_tc` writes W^T in fp16 (K' order) to a scratch
   buffer, then cuBLAS.
 

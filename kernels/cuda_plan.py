@@ -59,7 +59,7 @@ def repack_kernel_name(bits: int) -> str:
 
 def common_kernel_names(bits=(2, 3, 4, 8), gstcs=(8, 4, 2, 1), mts=(1, 2, 4, 8)) -> list[str]:
     """Kernels the tests and benchmarks use (for `precompile`)."""
-    names = ["repack_sz", "prep_x", "prep_xwg"]
+    names = ["repack_sz", "prep_x", "prep_xwg", "prep_xwg_direct"]
     for b in bits:
         names.append(repack_kernel_name(b))
         for gc in gstcs:

@@ -201,11 +201,14 @@ def xbuf_size(layer: kc.GpuLinear, M: int) -> int:
     return padded_rows(M) * layer.layout.Kp
 
 
-def prep(x2, layer: kc.GpuLinear, out=None, rows: int | None = None):
+def prep(x2, layer: kc.GpuLinear, out=None, rows: int | None = None, *, gather: bool = False):
     """x [M, K] (fp16 or fp32, C-contiguous rows) -> xw fp16 [Kp/128, Mp/rows, 16, rows, 8] in wg
     order (Mp = padded_rows(M); zeros at padding and in rows >= M): blocks of `rows` rows (the
     tile's BM, so that a block's x stage is one contiguous range; default Mp, one block).
-    `out`: a C-contiguous CuPy fp16 array of `xbuf_size` elements (any shape), or None."""
+    `out`: a C-contiguous CuPy fp16 array of `xbuf_size` elements (any shape), or None.
+    fp16 x of a direct layout (no act-order), 16-byte aligned, is read in 16-byte vectors
+    (`prep_xwg_direct`); other x element by element through `wg_perm` (`prep_xwg`, or with
+    gather=True always: the same bits, for tests and tools/probe_wgmma.py --prep)."""
     cp = kc._cupy()
     lay = layer.layout
     M = x2.shape[0]
@@ -219,7 +222,14 @@ def prep(x2, layer: kc.GpuLinear, out=None, rows: int | None = None):
           or not out.flags.c_contiguous):
         raise ValueError(f"the x buffer must be a C-contiguous CuPy float16 array of {Mp * lay.Kp} elements")
     out = out.reshape(lay.Kp // UNIT, Mp // rows, 16, rows, 8)
-    if lay.Kp and Mp:
+    if not (lay.Kp and Mp):
+        return out
+    if not gather and lay.direct and x2.dtype == cp.float16 and x2.data.ptr % 16 == 0:
+        kc.function("prep_xwg_direct")(
+            (lay.Kp // UNIT, Mp // 32), (kc.THREADS,),
+            (x2, np.int32(lay.K), out, np.int32(M), np.int32(Mp), np.int32(rows), np.int32(lay.span)),
+        )
+    else:
         kc.function("prep_xwg")(
             (lay.Kp // UNIT, Mp // 32), (kc.THREADS,),
             (x2, np.int32(lay.K), np.int32(x2.dtype == cp.float32), wg_perm(layer), out, np.int32(M), np.int32(Mp),

@@ -110,6 +110,35 @@ prep_xwg(const void* __restrict__ x, int ldx, int x_f32, const int* __restrict__
     }
 }
 
+// The same for fp16 x read in place (a direct layout: K' order is K order, K % 8 == 0; x and its
+// rows 16-byte aligned, ldx = K): a block loads its 32 rows x 128 positions as 16-byte vectors (a
+// half-warp reads one row's 256 bytes), then gathers each chunk's four half2 words from shared
+// memory: word t of chunk p = 2*ts + jh holds K' positions (ts / TS)*S + t*(S/4) + (ts % TS)*4 +
+// 2*jh + {0, 1} of the unit (the tc formula, span S = 16*min(gst, 8), TS = S/16). Same output as
+// prep_xwg, which reads x two bytes at a time. Grid: (Kp / 128, Mp / 32); block: THREADS.
+extern "C" __global__ void __launch_bounds__(THREADS)
+prep_xwg_direct(const uint4* __restrict__ x, int K, uint4* __restrict__ xw, int M, int Mp, int xb, int S) {
+    constexpr int RW = 65;  // tile row stride in words: odd, so a warp's gather (32 rows, one word each) hits 32 banks
+    __shared__ u32 tile[32 * RW];
+    const int u = blockIdx.x, m0 = blockIdx.y * 32, kv = K >> 3;  // kv: 16-byte vectors per row
+#pragma unroll
+    for (int i = threadIdx.x; i < 32 * 16; i += THREADS) {
+        const int r = i >> 4, c = i & 15, m = m0 + r, v = u * 16 + c;
+        uint4 d = make_uint4(0u, 0u, 0u, 0u);
+        if (m < M && v < kv) d = ld_nc4(x + (size_t)m * kv + v);
+        u32* t = tile + r * RW + 4 * c;
+        t[0] = d.x; t[1] = d.y; t[2] = d.z; t[3] = d.w;
+    }
+    __syncthreads();
+    const int TS = S >> 4, lw = S >> 3;  // lw: words between lanes t (S/4 positions)
+#pragma unroll
+    for (int i = threadIdx.x; i < 16 * 32; i += THREADS) {
+        const int p = i >> 5, r = i & 31, ts = p >> 1;
+        const u32* t = tile + r * RW + (((ts / TS) * S + (ts % TS) * 4 + 2 * (p & 1)) >> 1);
+        xw[((size_t)(u * (Mp / xb) + m0 / xb) * 16 + p) * xb + m0 % xb + r] = make_uint4(t[0], t[lw], t[2 * lw], t[3 * lw]);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // repack: CPU format -> tc layout (load time)
 

@@ -12,6 +12,8 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # n outputs, one cluster more each step (where
                                                    # a second wave starts), then every tile with a
                                                    # tail against its own blocks alone
+    python tools/probe_wgmma.py K N M --prep       # x into the kernel's order: 16-byte loads vs
+                                                   # the element gather vs a plain copy of x
     python tools/probe_wgmma.py K N M --variants --tiles T1,T2 --defines base,WG_NC_PREFETCH=1,...
                                                    # each tile built with each set of macros ('+'
                                                    # joins several; base = none): error, time; e.g.
@@ -127,6 +129,25 @@ def waves(cp, kw, xw_for, M, gl, ref, timer) -> None:
               f"{main.label}/1 alone {t0:.1f} us; rel err {err:.1e}", flush=True)
 
 
+def prep_times(cp, kw, rng, K, N, M, gl) -> None:
+    """x into the kernel's order (`prep`): 16-byte loads against the element gather and a plain
+    device copy of x, 8 copies of x in turn (past the 50 MB L2 at 512 x 8192)."""
+    timer = f_timer()
+    n = 8
+    xs = [cp.asarray(rng.standard_normal((M, K)).astype(np.float16)) for _ in range(n)]
+    outs = [cp.empty(kw.xbuf_size(gl, M), cp.float16) for _ in range(n)]
+    a, b = (kw.prep(xs[0], gl, outs[j], 256, gather=j == 1).view(cp.uint16) for j in (0, 1))
+    same = bool((a == b).all())
+    ts = {name: timer.per_call_ms(fn, n, reps=9) * 1e3 for name, fn in (
+        ("16-byte loads", lambda i: kw.prep(xs[i], gl, outs[i], 256)),
+        ("element gather", lambda i: kw.prep(xs[i], gl, outs[i], 256, gather=True)),
+        ("plain copy", lambda i: cp.copyto(outs[i][:M * K].reshape(M, K), xs[i])))}
+    mb = 2 * 2 * M * K / 1e6
+    print(f"{K} x {N}, M={M}: prep of x ({mb:.1f} MB read + written), us: "
+          + ", ".join(f"{k} {v:.1f} ({mb / v * 1e3:.0f} GB/s)" for k, v in ts.items())
+          + f"; same bits: {same}", flush=True)
+
+
 def main() -> None:
     import cupy as cp
 
@@ -160,6 +181,9 @@ def main() -> None:
               flush=True)
         return timer
 
+    if "--prep" in sys.argv:
+        prep_times(cp, kw, rng, K, N, M, gl)
+        return
     if "--waves" in sys.argv:
         waves(cp, kw, xw_for, M, gl, ref, fp16_header())
         return

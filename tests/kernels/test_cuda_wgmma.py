@@ -270,26 +270,32 @@ def test_gpu_wgmma_rejects_bad_arguments(hopper):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("group,act", [(128, False), (128, True), (32, True), (-1, False)])
+@pytest.mark.parametrize("group,act", [(128, False), (128, True), (32, True), (-1, False), (32, False), (16, False)])
 @pytest.mark.parametrize("M", (1, 33, 300))
 @pytest.mark.parametrize("dtype", (np.float16, np.float32))
 @pytest.mark.parametrize("rows", (None, 64, 256))
 def test_gpu_prep_is_the_wg_order_gather_bit_exactly(hopper, group, act, M, dtype, rows):
+    """Both prep kernels (16-byte loads for aligned fp16 x of a direct layout, spans 16 to 128; the
+    element gather otherwise, forced with gather=True, or for x 2 bytes off alignment)."""
     cp = hopper
     rng = np.random.default_rng(test_cuda.fresh_seed())
     K, N = 1000, 64  # K' padded past K
     gl = kc.GpuLinear.from_packed(*random_layer(rng, 4, K, N, group, act), 4, K, N)
+    assert gl.layout.direct == (not act)
     x = rng.standard_normal((M, K)).astype(dtype)
     perm = kw.wg_perm_numpy(gl.layout)
     Mp = kw.padded_rows(M)
     ref = np.zeros((Mp, gl.layout.Kp), np.float16)
     ref[:M, perm >= 0] = x[:, perm[perm >= 0]].astype(np.float16)
-    out = cp.full(kw.xbuf_size(gl, M), np.nan, cp.float16)
-    got = cp.asnumpy(kw.prep(cp.asarray(x), gl, out, rows))  # [Kp/128, Mp/rows, 16, rows, 8]
     xb = rows or Mp
-    assert got.shape == (gl.layout.Kp // 128, Mp // xb, 16, xb, 8)
-    # -> [Mp/rows, rows, Kp/128, 16, 8] = [Mp, Kp]
-    np.testing.assert_array_equal(got.transpose(1, 3, 0, 2, 4).reshape(Mp, -1).view(np.uint16), ref.view(np.uint16))
+    unaligned = cp.empty(x.size + 1, x.dtype)[1:].reshape(x.shape)  # C-contiguous, 2 or 4 bytes past 16
+    unaligned[...] = cp.asarray(x)
+    for xd, gather in ((cp.asarray(x), False), (cp.asarray(x), True), (unaligned, False)):
+        out = cp.full(kw.xbuf_size(gl, M), np.nan, cp.float16)
+        got = cp.asnumpy(kw.prep(xd, gl, out, rows, gather=gather))  # [Kp/128, Mp/rows, 16, rows, 8]
+        assert got.shape == (gl.layout.Kp // 128, Mp // xb, 16, xb, 8)
+        # -> [Mp/rows, rows, Kp/128, 16, 8] = [Mp, Kp]
+        np.testing.assert_array_equal(got.transpose(1, 3, 0, 2, 4).reshape(Mp, -1).view(np.uint16), ref.view(np.uint16))
 
 
 @pytest.mark.gpu
