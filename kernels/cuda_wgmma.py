@@ -73,6 +73,10 @@ _BASE = (
     WgTile(1, 128, 2), WgTile(1, 128, 4), WgTile(2, 128, 2), WgTile(1, 256, 2), WgTile(1, 256, 4),
     WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 256, 2, True), WgTile(1, 256, 4, True),
     WgTile(1, 256, 4, True, sk=True), WgTile(1, 256, 2, True, sk=True), WgTile(1, 128, 1, True, sk=True),
+    # three consumer warpgroups (192 outputs x 128 tokens; 128 registers per thread at entry, no
+    # spill or serialized wgmma, nvcc 13.0): 1.5x the outputs per x stage of 128 x 128 blocks
+    WgTile(1, 128, 1, True, 3), WgTile(1, 128, 2, True, 3), WgTile(1, 128, 1, True, 3, sk=True),
+    WgTile(1, 128, 2, True, 3, sk=True),
 )
 #: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
 _TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)

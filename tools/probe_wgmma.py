@@ -13,7 +13,8 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # a second wave starts), then every tile with a
                                                    # tail against its own blocks alone
     python tools/probe_wgmma.py K N M --prep       # x into the kernel's order: 16-byte loads vs
-                                                   # the element gather vs a plain copy of x
+                                                   # the element gather vs a plain copy of x (then
+                                                   # --variants too, where given)
     python tools/probe_wgmma.py K N M --variants --tiles T1,T2 --defines base,WG_NC_PREFETCH=1,...
                                                    # each tile built with each set of macros ('+'
                                                    # joins several; base = none): error, time; e.g.
@@ -183,7 +184,8 @@ def main() -> None:
 
     if "--prep" in sys.argv:
         prep_times(cp, kw, rng, K, N, M, gl)
-        return
+        if "--variants" not in sys.argv:
+            return
     if "--waves" in sys.argv:
         waves(cp, kw, xw_for, M, gl, ref, fp16_header())
         return
