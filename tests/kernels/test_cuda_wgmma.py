@@ -33,6 +33,9 @@ def test_wgmma_source_and_names():
     assert kw.TILES["128x128c2"].cn == 2 and kw.TILES["128x128c2"].bn == 128
     assert kw.TILES["256x128"].bn == 256 and kw.TILES["128x256"].bm == 256
     assert kw.TILES["128x256c4r"].wr and kw.kernel_name(4, 8, kw.TILES["128x128r"]).startswith("qgemm_wg<4,8,1,128,2,1,1,")
+    t3 = kw.TILES["192x128c2r"]  # three consumer warpgroups
+    assert (t3.bn, t3.bm, t3.cn, t3.threads) == (192, 128, 2, 512)
+    assert kw.kernel_name(4, 8, t3).startswith("qgemm_wg<4,8,1,128,3,2,1,")
 
 
 def test_wgmma_stream_k_plan(monkeypatch):
@@ -42,7 +45,8 @@ def test_wgmma_stream_k_plan(monkeypatch):
 
     monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
     lay = kc.plan_layout(np.arange(4096) // 128, 4, 4096, 11008, 32)
-    for label, clusters in (("128x256c4rs", 30), ("128x256c2rs", 66), ("128x128rs", 132)):
+    for label, clusters in (("128x256c4rs", 30), ("128x256c2rs", 66), ("128x128rs", 132), ("192x128rs", 132),
+                            ("192x128c2rs", 66)):
         tile = kw.TILES[label]
         assert tile.sk and kw.kernel_name(4, 8, tile).endswith(",1>") and kw.kernel_name(4, 8, tile).count(",") == 8
         tiles = kw.clusters_along_n(lay.Np // 16, tile) * -(-512 // tile.bm)
@@ -66,7 +70,7 @@ def test_wgmma_stream_k_walk_covers_every_unit_once(monkeypatch, sms):
     for _ in range(30):
         K, N, M = int(rng.integers(64, 9000)), int(rng.integers(16, 30000)), int(rng.integers(1, 1100))
         lay = kc.plan_layout(np.arange(K) // 128, 4, K, N, -(-K // 128))
-        for label in ("128x256c4rs", "128x256c2rs", "128x128rs"):
+        for label in ("128x256c4rs", "128x256c2rs", "128x128rs", "192x128c2rs"):
             tile = kw.TILES[label]
             walk = kw.stream_k_segments(lay, M, tile)
             assert len(walk) == kw.stream_k_workers(lay, M, tile)
