@@ -186,6 +186,12 @@ C4_BLOCKS_PER_SM = 0.6
 #: 4096 x 11008 at 512 rows 119-124 us.) At 256 rows, not measured, the tiles stay as they were.
 SK_MIN_M = 257
 SK_C2_MAX_UNITS = 32
+#: ... and where those would take clusters of 2, three-warpgroup 192 x 128 blocks in stream-K form
+#: instead. H100, 4-bit g128, 512 rows, kernel only, side by side (tools/probe_wgmma.py --variants,
+#: docs/gpu-results.md, fifteenth session): 4096 x 11008 83.0 us against 86.2 (128x256c2rs), 8192 x
+#: 8192 116.4 against 118.4 (128x256c2r); where clusters of 4 are taken (8192 x 28672) they tie
+#: (392.2 against 393.5), which stays.
+SK_C2_TILE = "192x128rs"
 #: From ONE_WAVE_MIN_M rows, layers whose 128 x 128 blocks (weights straight into registers)
 #: fill between half the SMs and all of them take those blocks, one wave, K' unsplit. H200,
 #: 4-bit g128, kernel only (tools/bench_kernels.py --wg-sweep-only, docs/gpu-results.md, ninth
@@ -283,8 +289,9 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     128 x 256 blocks with the weights loaded straight into registers, in clusters of 4 where N gives at least C4_BLOCKS_PER_SM
     blocks of 128 outputs per SM, else of 2 (128 x 128 blocks where those tiles do not fit shared
     memory: 8 bits, 4 bits with groups of 16); from SK_MIN_M rows, layers of at most
-    SK_C2_MAX_UNITS K' units take clusters of 2, and blocks that do not fill whole waves take the
-    tile's stream-K form; K' split (not in stream-K) so that the grid covers the SMs about once,
+    SK_C2_MAX_UNITS K' units take clusters of 2, blocks that would take clusters of 2 take
+    SK_C2_TILE (three consumer warpgroups, stream-K), and blocks that do not fill whole waves take
+    the tile's stream-K form; K' split (not in stream-K) so that the grid covers the SMs about once,
     with >= 4 units per split. From ONE_WAVE_MIN_M rows, a layer whose 128 x 128 blocks fill more than half
     the SMs in one wave takes those (ONE_WAVE_TILE)."""
     lay = layer.layout
@@ -302,7 +309,9 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     else:
         c4 = -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms and not (M >= SK_MIN_M and lay.nu <= SK_C2_MAX_UNITS)
         tile = TILES["128x256c4r" if c4 else "128x256c2r"]
-        if M >= SK_MIN_M and cluster_tiles(lay, M, tile) > stream_k_workers(lay, M, tile):  # a partial wave
+        if M >= SK_MIN_M and not c4:
+            tile = TILES[SK_C2_TILE]
+        elif M >= SK_MIN_M and cluster_tiles(lay, M, tile) > stream_k_workers(lay, M, tile):  # a partial wave
             tile = TILES[tile.label + "s"]
     if not fits(lay.bits, lay.gstc, tile):
         tile = TILES["128x128"]

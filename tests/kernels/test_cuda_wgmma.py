@@ -203,6 +203,38 @@ def test_gpu_wgmma_tail_blocks_cover_the_outputs_left(hopper, monkeypatch, bits,
     assert split >= 3
 
 
+#: Layers (K, N, group, act-order) x rows of the stream-K GPU test: at 8 and 40 SMs, every stream-K
+#: tile splits some tile between two workers in at least one of them (test_wgmma_stream_k_test_shapes_split).
+SK_SHAPES = ((2600, 2100, 128, False), (1000, 2900, 64, True), (1500, 3500, 128, True), (1100, 1800, 128, False))
+SK_ROWS = (200, 512)
+
+
+def sk_tiles(bits: int) -> list[str]:
+    return [lb for lb, t in kw.TILES.items() if t.sk and kw.fits(bits, 8, t)]
+
+
+def sk_split_launches(bits: int) -> dict[str, int]:
+    """Per stream-K tile: launches of SK_SHAPES x SK_ROWS in which the walk splits some tile (at the
+    SM count cuda_mma.sm_count gives now)."""
+    split = dict.fromkeys(sk_tiles(bits), 0)
+    for K, N, group, _ in SK_SHAPES:
+        lay = kc.plan_layout(np.arange(K) // group, bits, K, N, -(-K // group))
+        for M in SK_ROWS:
+            for lb in split:
+                split[lb] += any(slot >= 0 for segs in kw.stream_k_segments(lay, M, kw.TILES[lb]) for *_, slot in segs)
+    return split
+
+
+@pytest.mark.parametrize("bits", (3, 4))
+@pytest.mark.parametrize("sms", (8, 40))
+def test_wgmma_stream_k_test_shapes_split(monkeypatch, bits, sms):
+    from gptq_export.kernels import cuda_mma
+
+    monkeypatch.setattr(cuda_mma, "sm_count", lambda: sms)
+    split = sk_split_launches(bits)
+    assert all(split.values()), split
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", (3, 4))
 @pytest.mark.parametrize("sms", (8, 40))
@@ -215,16 +247,12 @@ def test_gpu_wgmma_stream_k_tiles_split_between_workers(hopper, monkeypatch, bit
 
     monkeypatch.setattr(cuda_mma, "sm_count", lambda: sms)
     cp = hopper
-    labels = [lb for lb, t in kw.TILES.items() if t.sk and kw.fits(bits, 8, t)]
-    split = dict.fromkeys(labels, 0)  # launches of each tile in which some tile was split between workers
-    for K, N, group, act in ((2600, 2100, 128, False), (1000, 2900, 64, True), (1500, 3500, 128, True)):
-        lay = kc.plan_layout(np.arange(K) // group, bits, K, N, -(-K // group))
-        for M in (200, 512):
-            for lb in labels:
-                tile = kw.TILES[lb]
-                split[lb] += any(slot >= 0 for segs in kw.stream_k_segments(lay, M, tile) for *_, slot in segs)
+    labels = sk_tiles(bits)
+    split = sk_split_launches(bits)
+    assert all(split.values()), split  # every tile's walk split a tile in some launch below
+    for K, N, group, act in SK_SHAPES:
+        for M in SK_ROWS:
             check_reference(hopper, bits, (K, N, group, act), M, "wgmma", lambda b, g, m: [(lb, 1) for lb in labels])
-    assert all(split.values()), split
     rng = np.random.default_rng(test_cuda.fresh_seed())
     gl = kc.GpuLinear.from_packed(*random_layer(rng, bits, 2048, 1500, 128, False), bits, 2048, 1500)
     x = cp.asarray(rng.standard_normal((300, 2048)).astype(np.float16))
@@ -378,9 +406,10 @@ def test_default_plan_covers_the_gpu(monkeypatch):
                                   (11008, 4096, 17, "256x64r", 8), (8192, 8192, 65, "256x128", 4),
                                   (8192, 28672, 128, "256x128", 1), (8192, 8192, 128, "256x128", 4),
                                   (8192, 28672, 256, "128x256c4r", 1),
-                                  (8192, 8192, 512, "128x256c2r", 1), (4096, 11008, 256, "128x256c4r", 1),
-                                  (4096, 11008, 512, "128x256c2rs", 1), (8192, 28672, 512, "128x256c4rs", 1),
-                                  (8192, 28672, 300, "128x256c4rs", 1), (4096, 11008, 257, "128x256c2rs", 1),
+                                  (8192, 8192, 512, "192x128rs", 1), (4096, 11008, 256, "128x256c4r", 1),
+                                  (4096, 11008, 512, "192x128rs", 1), (8192, 28672, 512, "128x256c4rs", 1),
+                                  (8192, 28672, 300, "128x256c4rs", 1), (4096, 11008, 257, "192x128rs", 1),
+                                  (4096, 4096, 1024, "192x128rs", 1),
                                   (11008, 4096, 256, "128x256c2r", 4), (4096, 4096, 256, "128x256c2r", 4),
                                   (4096, 4096, 512, "128x128r", 1), (11008, 4096, 512, "128x128r", 1),
                                   (8192, 8192, 256, "128x128r", 1), (11008, 4096, 384, "128x128r", 1)):
