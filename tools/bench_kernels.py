@@ -58,9 +58,11 @@ class Timer:
     def per_call_ms(self, fn, ncopy: int, reps: int = 7, target_ms: float = 3.0, warm_ms: float = 20.0) -> float:
         """Median over `reps` batches of the mean time of one call (calls rotate among copies).
 
-        Calls first run for about `warm_ms` of GPU time (at most 200 calls): the first variant
-        timed after a long fp16 GEMM otherwise ran at the GPU's lowered clocks (H100, 8192 x
-        28672 at 512 rows: the same wgmma plan 439.4 us timed first, 402.5 us timed fourth).
+        Calls first run for about `warm_ms` of GPU time (at most 200 calls). With only the
+        2*ncopy warm-up calls, the first variant timed after the fp16 GEMM ran slow (H100, 8192 x
+        28672 at 512 rows: the same wgmma plan 439.4 us timed first, 402.5 us timed fourth; with
+        this warm-up 400.0 and 403.3; docs/gpu-results.md, fifteenth session; the cause, clocks
+        or power after cuBLAS, was not measured).
         Each batch is queued behind a GPU sleep longer than the host takes to enqueue it (measured
         on the previous batch), so that the GPU runs the calls back to back."""
         for i in range(2 * ncopy):
