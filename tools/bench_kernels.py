@@ -15,7 +15,7 @@ shape K x N and batch M: y = x @ W with
          kernels/gptq_mma.cu), "dq" (dequantize to fp16 + cuBLAS, the old prefill path) and
          "gemv" (the small-M fused kernel).
 Times are medians of CUDA-event timings over batches of back-to-back calls queued behind a GPU
-sleep (so host launch overhead is not timed), rotating among enough weight/activation copies that
+sleep (so host launch overhead is not timed), after about 20 ms of the same calls, rotating among enough weight/activation copies that
 the working set exceeds 3x the L2 cache. GB/s counts packed weights + scales/zeros + x + y.
 """
 
