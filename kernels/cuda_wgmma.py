@@ -234,7 +234,7 @@ def prep(x2, layer: kc.GpuLinear, out=None, rows: int | None = None, *, gather: 
     out = out.reshape(lay.Kp // UNIT, Mp // rows, 16, rows, 8)
     if not (lay.Kp and Mp):
         return out
-    if not gather and lay.direct and x2.dtype == cp.float16 and x2.data.ptr % 16 == 0:
+    if not gather and kc.x_in_place(layer, x2):
         kc.function("prep_xwg_direct")(
             (lay.Kp // UNIT, Mp // 32), (kc.THREADS,),
             (x2, np.int32(lay.K), out, np.int32(M), np.int32(Mp), np.int32(rows), np.int32(lay.span)),
@@ -308,11 +308,14 @@ def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
         tile = TILES[ONE_WAVE_TILE]
     else:
         c4 = -(-lay.Np // 128) >= C4_BLOCKS_PER_SM * sms and not (M >= SK_MIN_M and lay.nu <= SK_C2_MAX_UNITS)
-        tile = TILES["128x256c4r" if c4 else "128x256c2r"]
-        if M >= SK_MIN_M and not c4:
+        if M < SK_MIN_M:
+            tile = TILES["128x256c4r" if c4 else "128x256c2r"]
+        elif not c4:
             tile = TILES[SK_C2_TILE]
-        elif M >= SK_MIN_M and cluster_tiles(lay, M, tile) > stream_k_workers(lay, M, tile):  # a partial wave
-            tile = TILES[tile.label + "s"]
+        else:  # stream-K where the blocks leave a partial wave
+            tile = TILES["128x256c4r"]
+            if cluster_tiles(lay, M, tile) > stream_k_workers(lay, M, tile):
+                tile = TILES["128x256c4rs"]
     if not fits(lay.bits, lay.gstc, tile):
         tile = TILES["128x128"]
     split = 1 if tile.sk else max(1, min(8, sms // blocks(tile), lay.nu // 4))
