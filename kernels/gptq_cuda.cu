@@ -13,7 +13,9 @@
 //   lane t in k-step ts are  kp = u*128 + (ts/TS)*S + t*(S/4) + (ts%TS)*4 + j,
 //   S = 16*min(gst, 8) ("span"), TS = S/16. Each pair decodes with one shift and one LOP3 to a
 //   half2 (1024 + q): the fp16 magic-number trick.
-//   sz [G', N'] uint32 = half2(scale, 1024 + zero); W = scale * ((1024 + q) - (1024 + z)).
+//   sz [G', (N'/16) * R] uint32: per group row, a record of R words per n-tile (struct Sz below)
+//   from which a lane takes the scale and 1024 + zero of its two rows;
+//   W = scale * ((1024 + q) - (1024 + z)).
 //
 // Kernels (templates instantiated by name from kernels/cuda.py through NVRTC; this file holds the
 // shared helpers, gptq_small.cu the fused small-M kernels, gptq_cuda_repack.cu the load-time and
@@ -46,7 +48,6 @@ typedef unsigned long long u64;
 #define WARPS 8
 #define THREADS (WARPS * 32)
 #define MAGIC 0x64006400u  // half2(1024, 1024)
-#define SZ_PAD 0x64000000u // half2(scale 0, 1024 + zero 0)
 
 template <int BITS> struct Fmt;
 template <> struct Fmt<2> { static constexpr int WPU = 4; };
@@ -173,6 +174,26 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// ---------------------------------------------------------------------------------------------
+// sz records: the scales and zeros of one group of one n-tile (16 outputs), SZ words
+// (kernels/cuda_layout.py pack_sz_numpy): words 0..7 half2(scale j, scale j + 8); then the zero
+// pairs z_j | z_{j+8} << 4, byte j of words 8, 9 (bits <= 4), or z_j | z_{j+8} << 8, u16 j of
+// words 8..11 (8 bits). A group row holds one record per n-tile: (Np / 16) * R words.
+__host__ __device__ constexpr int sz_words(int bits) { return bits == 8 ? 12 : 10; }
+template <int BITS>
+struct Sz {
+    static constexpr int R = sz_words(BITS);
+    // word of the record holding the zeros of lane row g (outputs g and g + 8)
+    static __device__ __forceinline__ int zword(int g) { return BITS == 8 ? 8 + (g >> 1) : 8 + (g >> 2); }
+    // From record word g (sw) and the zero word (zw) of lane row g, for output g (h = 0) or g + 8
+    // (h = 1): the zero, half2(1024 + zero) in both halves, half2(scale) in both halves.
+    static __device__ __forceinline__ u32 zero(u32 zw, int g, int h) {
+        return BITS == 8 ? (zw >> ((g & 1) * 16 + 8 * h)) & 0xFFu : (zw >> ((g & 3) * 8 + 4 * h)) & 0xFu;
+    }
+    static __device__ __forceinline__ u32 zz(u32 zw, int g, int h) { return MAGIC | (zero(zw, g, h) * 0x00010001u); }
+    static __device__ __forceinline__ u32 scale2(u32 sw, int h) { return prmt(sw, h ? 0x3232u : 0x1010u); }
+};
 
 // ---------------------------------------------------------------------------------------------
 // tc layout: loading one lane's words of one (n-tile, unit), and decoding one k-step

@@ -11,6 +11,11 @@
 #   STAGES=test TEST_PATHS=tests/kernels/test_cuda_wgmma.py bash tools/gpu_run.sh   # some tests only
 #   STAGES="probe test" PROBE_SHAPES="8192x28672x512 4096x11008x512" PROBE_ARGS="--variants --tiles ..." \
 #     bash tools/gpu_run.sh                   # tools/probe_wgmma.py on each K x N x M first (probe.log)
+#   STAGES="bench baseline" BASELINE=old_tree BENCH_ARGS="--ms 1" bash tools/gpu_run.sh
+#                                             # then the same bench on another source tree (e.g.
+#                                             # `git archive <commit> | tar -x -C old_tree`), installed
+#                                             # apart (baseline.log, baseline/bench.json): ours vs a
+#                                             # commit side by side
 #   STAGES=pdl PRECOMPILE=0 bash tools/gpu_run.sh   # the opt-in launch paths (PDL, the direct
 #                                             # torch launch): their GPU tests, tools/probe_pdl.py,
 #                                             # bench_decode_gpu.py --env-ab $PDL_AB --profile-eager 8 (pdl.log)
@@ -102,6 +107,19 @@ if [[ " $STAGES " == *" bench "* ]]; then
   echo "== bench_kernels"
   # shellcheck disable=SC2086
   timeout "${BENCH_TIMEOUT:-240}" "$PY" tools/bench_kernels.py ${BENCH_ARGS---sweep} 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+if [[ " $STAGES " == *" baseline "* ]]; then
+  echo "== bench_kernels on the baseline tree ${BASELINE:-}"
+  (
+    [ -n "${BASELINE:-}" ] && [ -f "$BASELINE/pyproject.toml" ] || { echo "BASELINE must name a source tree"; exit 1; }
+    site=$(mktemp -d)
+    "$PY" -m pip install -q --no-deps --no-build-isolation --target "$site" "$BASELINE" || exit 1
+    # the baseline package first on the path (the editable install's finder comes after it)
+    # shellcheck disable=SC2086
+    mkdir -p "$OUT/baseline"
+    OUT="$OUT/baseline" PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "${BENCH_TIMEOUT:-240}" "$PY" "$BASELINE/tools/bench_kernels.py" \
+      ${BASELINE_ARGS-${BENCH_ARGS---sweep}}
+  ) 2>&1 | tee "$OUT/baseline.log" || status=1
 fi
 if [[ " $STAGES " == *" decode "* ]]; then
   echo "== bench_decode_gpu"

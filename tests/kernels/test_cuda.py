@@ -92,6 +92,24 @@ def _magic_pair(w: np.ndarray, bits: int, ts: int, pr: int) -> np.ndarray:
             | ((w[..., 3 * tr + 2] >> np.uint32(13)) & np.uint32(0x00040004)) | M)
 
 
+def emulate_sz_pair(lay: kc.TileLayout, sz: np.ndarray) -> np.ndarray:
+    """uint32 [Gp, Np] half2(scale, 1024 + zero) as the kernels take them from the records
+    (struct Sz in gptq_cuda.cu: lane row g reads record words g and zword(g); h = 0 / 1 for
+    outputs g / g + 8)."""
+    rec = np.asarray(sz, np.uint32).reshape(lay.Gp, lay.Np // 16, kc.SZ_WORDS[lay.bits]).astype(np.uint64)
+    out = np.zeros((lay.Gp, lay.Np // 16, 16), np.uint64)
+    for g in range(8):
+        sw = rec[..., g]
+        for h in range(2):
+            if lay.bits == 8:  # Sz::zero
+                z = (rec[..., 8 + (g >> 1)] >> ((g & 1) * 16 + 8 * h)) & 0xFF
+            else:
+                z = (rec[..., 8 + (g >> 2)] >> ((g & 3) * 8 + 4 * h)) & 0xF
+            zz = 0x64006400 | (z * 0x00010001)  # Sz::zz
+            out[..., g + 8 * h] = ((sw >> (16 * h)) & 0xFFFF) | ((zz & 0xFFFF) << 16)  # Sz::scale2's half
+    return out.reshape(lay.Gp, lay.Np).astype(np.uint32)
+
+
 def emulate_fused(lay: kc.TileLayout, qw: np.ndarray, sz: np.ndarray, x: np.ndarray) -> np.ndarray:
     """float64 emulation of qgemm_small: decode each lane's fragments as the kernel does (magic
     number, K' positions of kpos(), zero/scale from sz), accumulate y = x W."""
@@ -100,7 +118,7 @@ def emulate_fused(lay: kc.TileLayout, qw: np.ndarray, sz: np.ndarray, x: np.ndar
     g, t = lane >> 2, lane & 3
     S, TS = lay.span, lay.span // 16
     ntiles, nu = lay.Np // 16, lay.nu
-    sz = np.asarray(sz, np.uint32)
+    sz = emulate_sz_pair(lay, sz)
     scale = (sz & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float64)  # [Gp, Np]
     zz = (sz >> 16).astype(np.uint16).view(np.float16).astype(np.float64)
     xg = np.zeros((x.shape[0], lay.Kp))
@@ -132,7 +150,7 @@ def test_tile_layout_round_trip_is_bit_exact(bits, case):
     K, N, group, act = case
     qweight, scales, qzeros, g_idx = random_layer(rng, bits, K, N, group, act)
     lay, qw, sz = kc.repack_numpy(qweight, scales, qzeros, g_idx, bits, K, N)
-    assert qw.dtype == np.uint32 and qw.size == lay.words and sz.shape == (lay.Gp, lay.Np)
+    assert qw.dtype == np.uint32 and qw.size == lay.words and sz.shape == (lay.Gp, lay.sz_row)
     assert lay.Kp % kc.UNIT == 0 and lay.Np % kc.N_ALIGN == 0
     assert lay.direct == (not act and K % 8 == 0), seed
     assert sorted(lay.perm[lay.perm >= 0].tolist()) == list(range(K))
@@ -143,9 +161,14 @@ def test_tile_layout_round_trip_is_bit_exact(bits, case):
     s, z = kc.decode_sz_numpy(lay, sz)
     np.testing.assert_array_equal(s, scales.astype(np.float16).astype(np.float32))
     np.testing.assert_array_equal(z, kc.unpack_zeros(qzeros, bits, N))
-    assert (sz[lay.G:] == kc.SZ_PAD).all() and (sz[:, N:] == kc.SZ_PAD).all()
-    # Bits per weight: exactly `bits` (padding aside).
+    words = kc.sz_words_numpy(lay, sz)
+    pad = np.uint32(0x64000000)  # scale 0, zero 0
+    assert (words[lay.G:] == pad).all() and (words[:, N:] == pad).all()
+    # The kernels' rebuild of the records gives the same words.
+    np.testing.assert_array_equal(emulate_sz_pair(lay, sz), words)
+    # Bits per weight: exactly `bits` (padding aside); 2.5 bytes per scale and zero (3 for 8 bits).
     assert qw.nbytes * 8 == lay.Kp * lay.Np * bits
+    assert sz.nbytes * 16 == lay.Gp * lay.Np * (48 if bits == 8 else 40)
 
 
 @pytest.mark.parametrize("bits", BITS)
