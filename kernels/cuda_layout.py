@@ -23,8 +23,8 @@ XS_MAX_BYTES = {2: 110 * 1024, 3: 72 * 1024, 4: 52 * 1024}
 #: (tools/bench_kernels.py): staged + 4 blocks/SM is the fastest at M = 1 (8192 x 28672 4-bit:
 #: 50 us against 53-63 us for the other variants), x read from global memory is faster at M = 4.
 STAGE_MAX_M = 1
-#: uint32 words of one sz record (the scales and zeros of one group of one n-tile, 16 outputs):
-#: 8 scale words, then the 16 zeros (4 bits each, 8 bits for 8-bit codes).
+#: uint32 words of sz per group and n-tile (16 outputs): 8 scale words (the scale plane) and 2
+#: zero words, 4 bits per zero (4 words, 8 bits per zero, for 8-bit codes; the zero plane).
 SZ_WORDS = {2: 10, 3: 10, 4: 10, 8: 12}
 
 
@@ -76,7 +76,7 @@ class TileLayout:
 
     @property
     def sz_row(self) -> int:
-        """uint32 words of one group row of sz (a record per n-tile)."""
+        """uint32 words of one group row of sz (its scale plane, then its zero plane)."""
         return (self.Np // 16) * SZ_WORDS[self.bits]
 
 
@@ -217,42 +217,44 @@ def unpack_tc_numpy(lay: TileLayout, qw: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def pack_sz_numpy(lay: TileLayout, scales: np.ndarray, zeros: np.ndarray) -> np.ndarray:
-    """fp16 scales [G, N] and integer zeros [G, N] -> sz uint32 [Gp, sz_row]: per group row, one
-    record of SZ_WORDS words per n-tile (outputs 16*nt + j, j = 0..15): word j < 8 is
-    half2(scale j, scale j + 8); then zeros: byte j of the words 8, 9 is z_j | z_{j+8} << 4
-    (bits <= 4), or u16 j of the words 8..11 is z_j | z_{j+8} << 8 (8 bits). Padding: all 0
-    (scale 0, zero 0). Lane g of an mma fragment reads word g and the zero word holding its byte."""
+    """fp16 scales [G, N] and integer zeros [G, N] -> sz uint32 [Gp, sz_row]. A group row holds
+    two planes: the scales, 8 words per n-tile (outputs 16*nt + j: word j = half2(scale j,
+    scale j + 8), 32-byte aligned), then the zeros, Z = SZ_WORDS - 8 words per n-tile (bits <= 4:
+    byte j of the 2 words is z_j | z_{j+8} << 4; 8 bits: u16 j of the 4 words is z_j | z_{j+8} << 8).
+    Padding: all 0 (scale 0, zero 0). Lane row g of an mma fragment reads scale word g and the
+    zero word holding its byte (or u16)."""
+    nts, zw = lay.Np // 16, SZ_WORDS[lay.bits] - 8
     sc = np.zeros((lay.Gp, lay.Np), np.uint32)
     zz = np.zeros((lay.Gp, lay.Np), np.uint32)
     sc[: lay.G, : lay.N] = np.asarray(scales, np.float16).view(np.uint16)
     zz[: lay.G, : lay.N] = np.asarray(zeros, np.uint32)
-    sc = sc.reshape(lay.Gp, lay.Np // 16, 2, 8)
-    zz = zz.reshape(lay.Gp, lay.Np // 16, 2, 8)
-    rec = np.zeros((lay.Gp, lay.Np // 16, SZ_WORDS[lay.bits]), np.uint32)
-    rec[..., :8] = sc[:, :, 0] | (sc[:, :, 1] << np.uint32(16))
+    sc = sc.reshape(lay.Gp, nts, 2, 8)
+    zz = zz.reshape(lay.Gp, nts, 2, 8)
+    splane = sc[:, :, 0] | (sc[:, :, 1] << np.uint32(16))  # [Gp, nts, 8]
     zb = 8 if lay.bits == 8 else 4  # bits per zero
-    per = zb * 2  # bits per (j, j + 8) pair
-    pair = zz[:, :, 0] | (zz[:, :, 1] << np.uint32(zb))  # [Gp, ntiles, 8]
+    pair = zz[:, :, 0] | (zz[:, :, 1] << np.uint32(zb))  # [Gp, nts, 8]
+    zplane = np.zeros((lay.Gp, nts, zw), np.uint32)
     for j in range(8):
-        w, sh = 8 + (j * per) // 32, (j * per) % 32
-        rec[..., w] |= pair[..., j] << np.uint32(sh)
-    return rec.reshape(lay.Gp, lay.sz_row)
+        w, sh = (j * 2 * zb) // 32, (j * 2 * zb) % 32
+        zplane[..., w] |= pair[..., j] << np.uint32(sh)
+    return np.concatenate([splane.reshape(lay.Gp, nts * 8), zplane.reshape(lay.Gp, nts * zw)], axis=1)
 
 
 def sz_words_numpy(lay: TileLayout, sz: np.ndarray) -> np.ndarray:
-    """sz records -> uint32 [Gp, Np] of half2(scale in fp16, 1024 + zero), the word per output
-    that the kernels rebuild from a record (`sz_pair` in gptq_cuda.cu)."""
-    rec = np.asarray(sz, np.uint32).reshape(lay.Gp, lay.Np // 16, SZ_WORDS[lay.bits])
+    """sz planes -> uint32 [Gp, Np] of half2(scale in fp16, 1024 + zero) per output."""
+    nts, zw = lay.Np // 16, SZ_WORDS[lay.bits] - 8
+    sz = np.asarray(sz, np.uint32).reshape(lay.Gp, lay.sz_row)
+    splane = sz[:, : nts * 8].reshape(lay.Gp, nts, 8)
+    zplane = sz[:, nts * 8 :].reshape(lay.Gp, nts, zw)
     zb = 8 if lay.bits == 8 else 4
-    per = zb * 2
-    out = np.zeros((lay.Gp, lay.Np // 16, 2, 8), np.uint32)
+    out = np.zeros((lay.Gp, nts, 2, 8), np.uint32)
     for j in range(8):
-        w, sh = 8 + (j * per) // 32, (j * per) % 32
-        pair = rec[..., w] >> np.uint32(sh)
+        w, sh = (j * 2 * zb) // 32, (j * 2 * zb) % 32
+        pair = zplane[..., w] >> np.uint32(sh)
         for h in range(2):
             z = (pair >> np.uint32(h * zb)) & np.uint32((1 << zb) - 1)
-            s = (rec[..., j] >> np.uint32(16 * h)) & np.uint32(0xFFFF)
-            out[:, :, h, j] = s | ((np.uint32(0x6400) | z) << np.uint32(16))
+            sc = (splane[..., j] >> np.uint32(16 * h)) & np.uint32(0xFFFF)
+            out[:, :, h, j] = sc | ((np.uint32(0x6400) | z) << np.uint32(16))
     return out.reshape(lay.Gp, lay.Np)
 
 

@@ -23,13 +23,13 @@ dequant_tc(const u32* __restrict__ qw, const u32* __restrict__ sz, u16* __restri
         const int nt = (int)(task / NU), u = (int)(task % NU);
         u32 w[WPU];
         load_unit<BITS>(w, qw + ((size_t)nt * NU + u) * (32 * WPU), lane);
-        u32 s[NGU][2];  // per group: sz record word g and the zero word
+        u32 s[NGU][2];  // per group: the lane's scale word and zero word
 #pragma unroll
         for (int gi = 0; gi < NGU; ++gi) {
             const int grp = GSTC < 8 ? u * NGU + gi : u / upg;
-            const u32* rec = sz + ((size_t)grp * (Np >> 4) + nt) * Sz<BITS>::R;
-            s[gi][0] = ld_nc(rec + g);
-            s[gi][1] = ld_nc(rec + Sz<BITS>::zword(g));
+            const u32* row = sz + (size_t)grp * Sz<BITS>::row(Np);
+            s[gi][0] = ld_nc(row + nt * 8 + g);
+            s[gi][1] = ld_nc(row + Sz<BITS>::zplane(Np) + nt * Sz<BITS>::Z + Sz<BITS>::zidx(g));
         }
         __syncwarp();
 #pragma unroll
@@ -223,31 +223,32 @@ __device__ __forceinline__ u32 zero_code(const u32* __restrict__ qzeros, int gq,
 }
 
 // scales: [G, N] fp32; qzeros: [G, ceil(N/32)*bits] int32 bitstream along N.
-// out: [Gp, (Np/16) * R] sz records (R = sz_words(bits); kernels/cuda_layout.py pack_sz_numpy):
-// words 0..7 half2(scale j, scale j + 8), then the zero pairs z_j | z_{j+8} << zb (zb = 4, or 8 for
-// 8 bits), 32 / (2 zb) per word; padding scale 0, zero 0. One thread per word.
+// out: [Gp, (Np/16) * (8 + Z)] (struct Sz; kernels/cuda_layout.py pack_sz_numpy): per group row
+// the scale plane (word 8 nt + j = half2(scale j, scale j + 8) of n-tile nt), then the zero plane
+// (zero pairs z_j | z_{j+8} << zb, zb = 4, or 8 for 8 bits, 32 / (2 zb) per word); padding scale
+// 0, zero 0. One thread per word.
 extern "C" __global__ void __launch_bounds__(THREADS)
 repack_sz(const float* __restrict__ scales, const u32* __restrict__ qzeros, int G, int N, int bits,
           int Gp, int Np, u32* __restrict__ out) {
-    const int R = sz_words(bits), zb = bits == 8 ? 8 : 4;
+    const int Z = sz_words(bits) - 8, zb = bits == 8 ? 8 : 4, nts = Np / 16;
+    const long long row = (long long)nts * (8 + Z);
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long long)Gp * (Np / 16) * R) return;
-    const int w = (int)(idx % R);
-    const long long rec = idx / R;
-    const int gq = (int)(rec / (Np / 16)), n0 = (int)(rec % (Np / 16)) * 16;
+    if (idx >= (long long)Gp * row) return;
+    const int gq = (int)(idx / row), w = (int)(idx % row);
     u32 r = 0u;
     if (gq < G) {
-        if (w < 8) {
+        if (w < nts * 8) {
+            const int n0 = (w >> 3) * 16 + (w & 7);
             for (int h = 0; h < 2; ++h) {
-                const int n = n0 + w + 8 * h;
+                const int n = n0 + 8 * h;
                 if (n < N) r |= (u32)f2h(scales[(size_t)gq * N + n]) << (16 * h);
             }
         } else {
-            const int per = 16 / zb;  // pairs per word
+            const int wz = w - nts * 8, nt = wz / Z, per = 16 / zb;  // per: zero pairs per word
             for (int i = 0; i < per; ++i) {
-                const int j = (w - 8) * per + i;
+                const int j = (wz % Z) * per + i;
                 for (int h = 0; h < 2; ++h) {
-                    const int n = n0 + j + 8 * h;
+                    const int n = nt * 16 + j + 8 * h;
                     if (n < N) r |= zero_code(qzeros, gq, n, N, bits) << (2 * zb * i + zb * h);
                 }
             }

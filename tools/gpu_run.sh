@@ -113,7 +113,7 @@ if [[ " $STAGES " == *" baseline "* ]]; then
   (
     [ -n "${BASELINE:-}" ] && [ -f "$BASELINE/pyproject.toml" ] || { echo "BASELINE must name a source tree"; exit 1; }
     site=$(mktemp -d)
-    "$PY" -m pip install -q --no-deps --no-build-isolation --target "$site" "$BASELINE" || exit 1
+    "$PY" -m pip install -q --no-deps --no-build-isolation --target "$site" "$(cd "$BASELINE" && pwd)" || exit 1
     # the baseline package first on the path (the editable install's finder comes after it)
     # shellcheck disable=SC2086
     mkdir -p "$OUT/baseline"

@@ -93,19 +93,23 @@ def _magic_pair(w: np.ndarray, bits: int, ts: int, pr: int) -> np.ndarray:
 
 
 def emulate_sz_pair(lay: kc.TileLayout, sz: np.ndarray) -> np.ndarray:
-    """uint32 [Gp, Np] half2(scale, 1024 + zero) as the kernels take them from the records
-    (struct Sz in gptq_cuda.cu: lane row g reads record words g and zword(g); h = 0 / 1 for
-    outputs g / g + 8)."""
-    rec = np.asarray(sz, np.uint32).reshape(lay.Gp, lay.Np // 16, kc.SZ_WORDS[lay.bits]).astype(np.uint64)
-    out = np.zeros((lay.Gp, lay.Np // 16, 16), np.uint64)
+    """uint32 [Gp, Np] half2(scale, 1024 + zero) as the kernels take them from the scale and zero
+    planes (struct Sz in gptq_cuda.cu: lane row g of n-tile nt reads scale word 8 nt + g and zero
+    word zidx(g) of the n-tile; h = 0 / 1 for outputs g / g + 8)."""
+    nts, Z = lay.Np // 16, kc.SZ_WORDS[lay.bits] - 8
+    sz = np.asarray(sz, np.uint32).reshape(lay.Gp, lay.sz_row).astype(np.uint64)
+    scale_w = sz[:, : nts * 8].reshape(lay.Gp, nts, 8)
+    zero_w = sz[:, nts * 8 :].reshape(lay.Gp, nts, Z)
+    out = np.zeros((lay.Gp, nts, 16), np.uint64)
     for g in range(8):
-        sw = rec[..., g]
+        sw = scale_w[..., g]
         for h in range(2):
-            if lay.bits == 8:  # Sz::zero
-                z = (rec[..., 8 + (g >> 1)] >> ((g & 1) * 16 + 8 * h)) & 0xFF
-            else:
-                z = (rec[..., 8 + (g >> 2)] >> ((g & 3) * 8 + 4 * h)) & 0xF
-            zz = 0x64006400 | (z * 0x00010001)  # Sz::zz
+            if lay.bits == 8:  # prmt2(zw, 0, c * 0x0101 + 0x4040): byte c in both halves
+                c = 2 * (g & 1) + h
+                zz = 0x64006400 | (((zero_w[..., g >> 1] >> (8 * c)) & 0xFF) * 0x00010001)
+            else:  # byte g & 3 in both halves, then its low / high nibble
+                r = ((zero_w[..., g >> 2] >> (8 * (g & 3))) & 0xFF) * 0x00010001
+                zz = 0x64006400 | (((r >> 4) if h else r) & 0x000F000F)
             out[..., g + 8 * h] = ((sw >> (16 * h)) & 0xFFFF) | ((zz & 0xFFFF) << 16)  # Sz::scale2's half
     return out.reshape(lay.Gp, lay.Np).astype(np.uint32)
 
