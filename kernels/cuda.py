@@ -32,10 +32,7 @@ make ``half2(1024 + q_lo, 1024 + q_hi)``:
   ``3*(p%5) + 16*hi`` of word ``3r + p//5``; pair 15's three bits in bit ``15 + 16*hi`` of words
   3r, 3r+1, 3r+2 (low bit first). Exactly 3 bits per weight.
 
-``sz`` uint32 [G', (N'/16) * R]: per group row, one record of ``R = SZ_WORDS[bits]`` words per
-n-tile: ``half2(scale_j, scale_{j+8})`` for j = 0..7, then the 16 zeros, 4 bits each (8 for 8-bit
-codes; `cuda_layout.pack_sz_numpy`); padding scale 0, zero 0. A lane rebuilds from its record
-words the ``half2(scale, 1024 + zero)`` of its two rows. 2.5 bytes per scale and zero (3 for 8 bits).
+``sz`` uint32 [G', N'] = half2(scale in fp16, 1024 + zero); padding (scale 0, zero 0).
 ``W = scale * (q - zero)`` = ``scale * ((1024 + q) - (1024 + zero))``, exact in fp16 before the scale.
 
 Paths of `quant_matmul` (M = rows of x):
@@ -80,7 +77,7 @@ from .cuda_layout import (  # noqa: F401  (re-exported: the launchers' public la
     MAX_FUSED_M,
     N_ALIGN,
     STAGE_MAX_M,
-    SZ_WORDS,
+    SZ_PAD,
     THREADS,
     UNIT,
     WORDS_PER_UNIT,
@@ -89,10 +86,8 @@ from .cuda_layout import (  # noqa: F401  (re-exported: the launchers' public la
     _check_bits,
     _from_memory_order,
     decode_sz_numpy,
-    pack_sz_numpy,
     plan_layout,
     repack_numpy,
-    sz_words_numpy,
     unpack_tc_numpy,
 )
 from .cuda_plan import (  # noqa: F401  (re-exported)
@@ -261,7 +256,7 @@ _NULL = np.uint64(0)
 class GpuLinear:
     """One quantized Linear on the GPU, in the tile layout.
 
-    qw: uint32 [layout.words]; sz: uint32 [Gp, layout.sz_row]; perm: int32 [Kp] (CuPy arrays, one device).
+    qw: uint32 [layout.words]; sz: uint32 [Gp, Np]; perm: int32 [Kp] (CuPy arrays, one device).
     """
 
     layout: TileLayout
@@ -313,7 +308,7 @@ class GpuLinear:
             ((threads + THREADS - 1) // THREADS,), (THREADS,),
             (q, _i32(K), _i32(N), perm, _i32(lay.Np), _i32(lay.nu), _i32(lay.span), qw),
         )
-        sz = cp.empty((lay.Gp, lay.sz_row), dtype=cp.uint32)
+        sz = cp.empty((lay.Gp, lay.Np), dtype=cp.uint32)
         function("repack_sz")(
             ((sz.size + THREADS - 1) // THREADS,), (THREADS,),
             (s, z, _i32(G), _i32(N), _i32(bits), _i32(lay.Gp), _i32(lay.Np), sz),

@@ -23,9 +23,7 @@ XS_MAX_BYTES = {2: 110 * 1024, 3: 72 * 1024, 4: 52 * 1024}
 #: (tools/bench_kernels.py): staged + 4 blocks/SM is the fastest at M = 1 (8192 x 28672 4-bit:
 #: 50 us against 53-63 us for the other variants), x read from global memory is faster at M = 4.
 STAGE_MAX_M = 1
-#: uint32 words of sz per group and n-tile (16 outputs): 8 scale words (the scale plane) and 2
-#: zero words, 4 bits per zero (4 words, 8 bits per zero, for 8-bit codes; the zero plane).
-SZ_WORDS = {2: 10, 3: 10, 4: 10, 8: 12}
+SZ_PAD = 0x64000000
 
 
 # ------------------------------------------------------------------------------------------------
@@ -73,11 +71,6 @@ class TileLayout:
     def words(self) -> int:
         """uint32 words of the weight tensor."""
         return (self.Np // 16) * self.nu * 32 * WORDS_PER_UNIT[self.bits]
-
-    @property
-    def sz_row(self) -> int:
-        """uint32 words of one group row of sz (its scale plane, then its zero plane)."""
-        return (self.Np // 16) * SZ_WORDS[self.bits]
 
 
 def _check_bits(bits: int) -> int:
@@ -167,7 +160,7 @@ def repack_numpy(
     in_features: int,
     out_features: int,
 ) -> tuple[TileLayout, np.ndarray, np.ndarray]:
-    """CPU format -> (layout, tc words uint32 [layout.words], sz uint32 [Gp, sz_row]); the reference
+    """CPU format -> (layout, tc words uint32 [layout.words], sz uint32 [Gp, Np]); the reference
     that the GPU repack kernels are tested against, bit for bit."""
     K, N = int(in_features), int(out_features)
     scales = np.asarray(scales, dtype=np.float32)
@@ -189,8 +182,10 @@ def repack_numpy(
                         words[..., word] |= piece << np.uint32(shift)
                     else:  # pragma: no cover - never negative for the documented layout
                         words[..., word] |= piece >> np.uint32(-shift)
+    sz = np.full((lay.Gp, lay.Np), SZ_PAD, np.uint32)
     z = unpack_zeros(np.asarray(qzeros), bits, N).astype(np.uint32)
-    sz = pack_sz_numpy(lay, scales.astype(np.float16), z)
+    lo = scales.astype(np.float16).view(np.uint16).astype(np.uint32)
+    sz[: lay.G, :N] = lo | ((np.uint32(0x6400) | z) << np.uint32(16))
     return lay, _to_memory_order(words, bits), sz
 
 
@@ -216,51 +211,9 @@ def unpack_tc_numpy(lay: TileLayout, qw: np.ndarray) -> tuple[np.ndarray, np.nda
     return codes, pad
 
 
-def pack_sz_numpy(lay: TileLayout, scales: np.ndarray, zeros: np.ndarray) -> np.ndarray:
-    """fp16 scales [G, N] and integer zeros [G, N] -> sz uint32 [Gp, sz_row]. A group row holds
-    two planes: the scales, 8 words per n-tile (outputs 16*nt + j: word j = half2(scale j,
-    scale j + 8), 32-byte aligned), then the zeros, Z = SZ_WORDS - 8 words per n-tile (bits <= 4:
-    byte j of the 2 words is z_j | z_{j+8} << 4; 8 bits: u16 j of the 4 words is z_j | z_{j+8} << 8).
-    Padding: all 0 (scale 0, zero 0). Lane row g of an mma fragment reads scale word g and the
-    zero word holding its byte (or u16)."""
-    nts, zw = lay.Np // 16, SZ_WORDS[lay.bits] - 8
-    sc = np.zeros((lay.Gp, lay.Np), np.uint32)
-    zz = np.zeros((lay.Gp, lay.Np), np.uint32)
-    sc[: lay.G, : lay.N] = np.asarray(scales, np.float16).view(np.uint16)
-    zz[: lay.G, : lay.N] = np.asarray(zeros, np.uint32)
-    sc = sc.reshape(lay.Gp, nts, 2, 8)
-    zz = zz.reshape(lay.Gp, nts, 2, 8)
-    splane = sc[:, :, 0] | (sc[:, :, 1] << np.uint32(16))  # [Gp, nts, 8]
-    zb = 8 if lay.bits == 8 else 4  # bits per zero
-    pair = zz[:, :, 0] | (zz[:, :, 1] << np.uint32(zb))  # [Gp, nts, 8]
-    zplane = np.zeros((lay.Gp, nts, zw), np.uint32)
-    for j in range(8):
-        w, sh = (j * 2 * zb) // 32, (j * 2 * zb) % 32
-        zplane[..., w] |= pair[..., j] << np.uint32(sh)
-    return np.concatenate([splane.reshape(lay.Gp, nts * 8), zplane.reshape(lay.Gp, nts * zw)], axis=1)
-
-
-def sz_words_numpy(lay: TileLayout, sz: np.ndarray) -> np.ndarray:
-    """sz planes -> uint32 [Gp, Np] of half2(scale in fp16, 1024 + zero) per output."""
-    nts, zw = lay.Np // 16, SZ_WORDS[lay.bits] - 8
-    sz = np.asarray(sz, np.uint32).reshape(lay.Gp, lay.sz_row)
-    splane = sz[:, : nts * 8].reshape(lay.Gp, nts, 8)
-    zplane = sz[:, nts * 8 :].reshape(lay.Gp, nts, zw)
-    zb = 8 if lay.bits == 8 else 4
-    out = np.zeros((lay.Gp, nts, 2, 8), np.uint32)
-    for j in range(8):
-        w, sh = (j * 2 * zb) // 32, (j * 2 * zb) % 32
-        pair = zplane[..., w] >> np.uint32(sh)
-        for h in range(2):
-            z = (pair >> np.uint32(h * zb)) & np.uint32((1 << zb) - 1)
-            sc = (splane[..., j] >> np.uint32(16 * h)) & np.uint32(0xFFFF)
-            out[:, :, h, j] = sc | ((np.uint32(0x6400) | z) << np.uint32(16))
-    return out.reshape(lay.Gp, lay.Np)
-
-
 def decode_sz_numpy(lay: TileLayout, sz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sz -> (scales float32 [G, N] as rounded to fp16, zeros uint8 [G, N])."""
-    w = sz_words_numpy(lay, sz)[: lay.G, : lay.N]
-    scales = (w & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float32)
-    zeros = ((w >> 16) - 0x6400).astype(np.uint8)
+    sz = np.asarray(sz, dtype=np.uint32)[: lay.G, : lay.N]
+    scales = (sz & 0xFFFF).astype(np.uint16).view(np.float16).astype(np.float32)
+    zeros = ((sz >> 16) - 0x6400).astype(np.uint8)
     return scales, zeros

@@ -59,7 +59,7 @@ TILES = {
 
 def stage_bytes(bits: int, gstc: int, tile: MmaTile) -> int:
     ngu = 8 // gstc if gstc < 8 else 1
-    return (tile.bn // 16) * (32 * kc.WORDS_PER_UNIT[bits] + ngu * kc.SZ_WORDS[bits]) * 4 + tile.bm * XROW
+    return (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4 + ngu * tile.bn * 4 + tile.bm * XROW
 
 
 def stages_for(bits: int, gstc: int, tile: MmaTile) -> int:

@@ -88,7 +88,7 @@ TILES = {t.label: t for t in _BASE + _TAILED}
 
 def stage_bytes(bits: int, gstc: int, tile: WgTile) -> int:
     ngu = 8 // gstc if gstc < 8 else 1
-    head = (0 if tile.wr else (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4) + ngu * (tile.bn // 16) * kc.SZ_WORDS[bits] * 4
+    head = (0 if tile.wr else (tile.bn // 16) * 32 * kc.WORDS_PER_UNIT[bits] * 4) + ngu * tile.bn * 4
     return -(-head // 128) * 128 + 16 * tile.bm * 16
 
 

@@ -13,9 +13,7 @@
 //   lane t in k-step ts are  kp = u*128 + (ts/TS)*S + t*(S/4) + (ts%TS)*4 + j,
 //   S = 16*min(gst, 8) ("span"), TS = S/16. Each pair decodes with one shift and one LOP3 to a
 //   half2 (1024 + q): the fp16 magic-number trick.
-//   sz [G', (N'/16) * (8 + Z)] uint32: per group row a scale plane and a zero plane (struct Sz
-//   below), from which a lane takes the scales and 1024 + zero of its two rows;
-//   W = scale * ((1024 + q) - (1024 + z)).
+//   sz [G', N'] uint32 = half2(scale, 1024 + zero); W = scale * ((1024 + q) - (1024 + z)).
 //
 // Kernels (templates instantiated by name from kernels/cuda.py through NVRTC; this file holds the
 // shared helpers, gptq_small.cu the fused small-M kernels, gptq_cuda_repack.cu the load-time and
@@ -48,6 +46,7 @@ typedef unsigned long long u64;
 #define WARPS 8
 #define THREADS (WARPS * 32)
 #define MAGIC 0x64006400u  // half2(1024, 1024)
+#define SZ_PAD 0x64000000u // half2(scale 0, 1024 + zero 0)
 
 template <int BITS> struct Fmt;
 template <> struct Fmt<2> { static constexpr int WPU = 4; };
@@ -174,46 +173,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const u32 (&a)[4], u32 b
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-
-// ---------------------------------------------------------------------------------------------
-// sz: per group row, two planes (kernels/cuda_layout.py pack_sz_numpy): the scales, 8 words per
-// n-tile (word j = half2(scale j, scale j + 8) of outputs 16 nt + j, 16 nt + j + 8; 32-byte
-// aligned), then the zeros, Z words per n-tile (bits <= 4: Z = 2, byte j = z_j | z_{j+8} << 4;
-// 8 bits: Z = 4, u16 j = z_j | z_{j+8} << 8). Row stride (Np / 16) * (8 + Z) words. 2.5 bytes
-// per scale and zero (3 for 8 bits) instead of 4 for a half2(scale, 1024 + zero) word.
-__host__ __device__ constexpr int sz_words(int bits) { return bits == 8 ? 12 : 10; }
-// prmt with a second source: bytes of {b, a} (a: 0..3, b: 4..7) picked by the nibbles of sel.
-__device__ __forceinline__ u32 prmt2(u32 a, u32 b, u32 sel) {
-    u32 d;
-    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-template <int BITS>
-struct Sz {
-    static constexpr int Z = sz_words(BITS) - 8;  // zero words per n-tile
-    // words of a group row; offset of its zero plane
-    static __device__ __forceinline__ size_t row(int Np) { return (size_t)(Np >> 4) * (8 + Z); }
-    static __device__ __forceinline__ int zplane(int Np) { return (Np >> 4) * 8; }
-    // zero word of lane row g within its n-tile's Z words
-    static __device__ __forceinline__ int zidx(int g) { return BITS == 8 ? g >> 1 : g >> 2; }
-    // From the zero word zw of lane row g: half2(1024 + z) in both halves of output g (h = 0) or
-    // g + 8 (h = 1). The lane's byte (4 bits) or bytes (8 bits) go to both halves with one prmt.
-    static __device__ __forceinline__ u32 zz(u32 zw, int g, int h) {
-        if constexpr (BITS == 8) {
-            const u32 c = 2 * (g & 1) + h;
-            return prmt2(zw, 0u, c * 0x0101u + 0x4040u) | MAGIC;
-        } else {
-            const u32 r = prmt2(zw, 0u, (g & 3) * 0x0101u + 0x4040u);  // (z_g | z_{g+8} << 4) x 2
-            return ((h ? r >> 4 : r) & 0x000F000Fu) | MAGIC;
-        }
-    }
-    // half2(-(64 + z), -(64 + z)) of output g + 8 (4 bits: fp16 64 + z is 0x5400 | z << 4).
-    static __device__ __forceinline__ u32 neg64z1(u32 zw, int g) {
-        return (prmt2(zw, 0u, (g & 3) * 0x0101u + 0x4040u) & 0x00F000F0u) | 0xD400D400u;
-    }
-    // From scale word g: half2(scale) in both halves of output g (h = 0) or g + 8 (h = 1).
-    static __device__ __forceinline__ u32 scale2(u32 sw, int h) { return prmt(sw, h ? 0x3232u : 0x1010u); }
-};
 
 // ---------------------------------------------------------------------------------------------
 // tc layout: loading one lane's words of one (n-tile, unit), and decoding one k-step

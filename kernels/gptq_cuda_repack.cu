@@ -23,20 +23,19 @@ dequant_tc(const u32* __restrict__ qw, const u32* __restrict__ sz, u16* __restri
         const int nt = (int)(task / NU), u = (int)(task % NU);
         u32 w[WPU];
         load_unit<BITS>(w, qw + ((size_t)nt * NU + u) * (32 * WPU), lane);
-        u32 s[NGU][2];  // per group: the lane's scale word and zero word
+        u32 s[NGU][2];
 #pragma unroll
         for (int gi = 0; gi < NGU; ++gi) {
             const int grp = GSTC < 8 ? u * NGU + gi : u / upg;
-            const u32* row = sz + (size_t)grp * Sz<BITS>::row(Np);
-            s[gi][0] = ld_nc(row + nt * 8 + g);
-            s[gi][1] = ld_nc(row + Sz<BITS>::zplane(Np) + nt * Sz<BITS>::Z + Sz<BITS>::zidx(g));
+            s[gi][0] = ld_nc(sz + (size_t)grp * Np + nt * 16 + g);
+            s[gi][1] = ld_nc(sz + (size_t)grp * Np + nt * 16 + g + 8);
         }
         __syncwarp();
 #pragma unroll
         for (int ts = 0; ts < 8; ++ts) {
             const int gi = GSTC < 8 ? ts / GSTC : 0;
-            const u32 zz[2] = {Sz<BITS>::zz(s[gi][1], g, 0), Sz<BITS>::zz(s[gi][1], g, 1)};
-            const u32 sc[2] = {Sz<BITS>::scale2(s[gi][0], 0), Sz<BITS>::scale2(s[gi][0], 1)};
+            const u32 zz[2] = {prmt(s[gi][0], 0x3232u), prmt(s[gi][1], 0x3232u)};
+            const u32 sc[2] = {prmt(s[gi][0], 0x1010u), prmt(s[gi][1], 0x1010u)};
             u32 a[4];
 #pragma unroll
             for (int pr = 0; pr < 4; ++pr) a[pr] = hmul2(hsub2(magic_pair<BITS>(w, ts, pr), zz[pr & 1]), sc[pr & 1]);
@@ -210,49 +209,25 @@ repack_tc(const u32* __restrict__ qweight, int K, int N, const int* __restrict__
     }
 }
 
-// Zero of (group gq, output n) from qzeros [G, ceil(N/32)*bits] int32 (a bitstream along N).
-__device__ __forceinline__ u32 zero_code(const u32* __restrict__ qzeros, int gq, int n, int N, int bits) {
-    const int nz = ((N + 31) / 32) * bits;
-    const int bit = (n & 31) * bits;
-    const int col = (n >> 5) * bits + (bit >> 5);
-    const int sh = bit & 31;
-    const u32* row = qzeros + (size_t)gq * nz;
-    u64 v = row[col] >> sh;
-    if (sh + bits > 32) v |= (u64)row[col + 1] << (32 - sh);
-    return (u32)v & ((1u << bits) - 1u);
-}
-
 // scales: [G, N] fp32; qzeros: [G, ceil(N/32)*bits] int32 bitstream along N.
-// out: [Gp, (Np/16) * (8 + Z)] (struct Sz; kernels/cuda_layout.py pack_sz_numpy): per group row
-// the scale plane (word 8 nt + j = half2(scale j, scale j + 8) of n-tile nt), then the zero plane
-// (zero pairs z_j | z_{j+8} << zb, zb = 4, or 8 for 8 bits, 32 / (2 zb) per word); padding scale
-// 0, zero 0. One thread per word.
+// out: [Gp, Np] half2(scale, 1024 + zero); padding rows/columns get (0, 1024).
 extern "C" __global__ void __launch_bounds__(THREADS)
 repack_sz(const float* __restrict__ scales, const u32* __restrict__ qzeros, int G, int N, int bits,
           int Gp, int Np, u32* __restrict__ out) {
-    const int Z = sz_words(bits) - 8, zb = bits == 8 ? 8 : 4, nts = Np / 16;
-    const long long row = (long long)nts * (8 + Z);
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long long)Gp * row) return;
-    const int gq = (int)(idx / row), w = (int)(idx % row);
-    u32 r = 0u;
-    if (gq < G) {
-        if (w < nts * 8) {
-            const int n0 = (w >> 3) * 16 + (w & 7);
-            for (int h = 0; h < 2; ++h) {
-                const int n = n0 + 8 * h;
-                if (n < N) r |= (u32)f2h(scales[(size_t)gq * N + n]) << (16 * h);
-            }
-        } else {
-            const int wz = w - nts * 8, nt = wz / Z, per = 16 / zb;  // per: zero pairs per word
-            for (int i = 0; i < per; ++i) {
-                const int j = (wz % Z) * per + i;
-                for (int h = 0; h < 2; ++h) {
-                    const int n = nt * 16 + j + 8 * h;
-                    if (n < N) r |= zero_code(qzeros, gq, n, N, bits) << (2 * zb * i + zb * h);
-                }
-            }
-        }
+    if (idx >= (long long)Gp * Np) return;
+    const int gq = (int)(idx / Np), n = (int)(idx % Np);
+    u32 r = SZ_PAD;
+    if (gq < G && n < N) {
+        const int nz = ((N + 31) / 32) * bits;
+        const int bit = (n & 31) * bits;
+        const int col = (n >> 5) * bits + (bit >> 5);
+        const int sh = bit & 31;
+        const u32* row = qzeros + (size_t)gq * nz;
+        u64 v = row[col] >> sh;
+        if (sh + bits > 32) v |= (u64)row[col + 1] << (32 - sh);
+        const u32 z = (u32)v & ((1u << bits) - 1u);
+        r = (u32)f2h(scales[(size_t)gq * N + n]) | ((0x6400u | z) << 16);
     }
     out[idx] = r;
 }

@@ -10,20 +10,19 @@
 //   unit (128 positions = 8 mma k-steps) per pipeline stage.
 //   Each stage (cp.async, STAGES deep, one barrier per unit) holds, verbatim from global memory:
 //     W  : BN/16 (n-tile, unit) blocks of 32*WPU words (the tc layout's own contiguous blocks);
-//     SZ : per group row of the unit's group(s), the BN/16 n-tiles' scale words, then their zero
-//          words (struct Sz);
+//     SZ : NGU rows of BN sz words (half2(scale, 1024 + zero)) of the unit's group(s);
 //     X  : BM rows x 16 chunks of 16 bytes (x in K' order, fp16), row stride 17 chunks, chunk c
 //          of a row stored at chunk c ^ (((c >> 3) & 1) << 1): the B-fragment loads (16 bytes =
 //          two k-steps per lane, for groups >= 32) are free of bank conflicts for groups >= 64.
 //   Rows m >= M, K' columns >= Kx, n-tiles >= Np/16 and units >= NU are zero-filled (cp.async
-//   src-size 0): they add nothing (a zero scale word is scale 0).
+//   src-size 0): they add nothing (a zero sz word is scale 0).
 //   Decode: W = scale * ((1024 + q) - (1024 + z)) in fp16 (magic-number trick; the same fp16
 //   weights as dequant_tc), fp32 accumulation (mma.m16n8k16).
 //   split > 1: blockIdx.z takes the units [NU*z/split, NU*(z+1)/split) and writes fp32 partials
 //   to ws[z][M][N]; mma_reduce then adds them in z order (deterministic), adds bias and casts.
 //
 // x:    fp16 [M, ldx] in K' order, 16-byte aligned, ldx % 8 == 0, Kx % 8 == 0 (columns >= Kx: 0).
-// qw, sz: the tc layout (sz [G', (Np/16) * (8 + Z)]); upg: units per group (GSTC == 8).
+// qw, sz: the tc layout (sz [G', Np]); upg: units per group (GSTC == 8).
 // bias: fp32 [N] or null. y: [M, N] contiguous, fp16 (y_f32 = 0) or fp32. ws: fp32 [split, M, N].
 // Grid: (ceil(Np / BN), ceil(M / BM), split); block: 32*WN*WM threads;
 // dynamic shared memory: STAGES * MmaCfg::STAGE_BYTES.
@@ -38,9 +37,7 @@ struct MmaCfg {
     static constexpr int BN = 16 * NTW * WN, BM = 8 * MBW * WM;
     static constexpr int XROW = 17 * 16;  // bytes per staged x row (16 chunks + 1 pad)
     static constexpr int W_BYTES = (BN / 16) * 32 * WPU * 4;
-    // sz of one group row of the block: BN/16 n-tiles' scale words (8 each), then their zero words (Z each)
-    static constexpr int SZ_ROW = (BN / 16) * (8 + Sz<BITS>::Z), SZ_Z = (BN / 16) * 8;
-    static constexpr int SZ_BYTES = NGU * SZ_ROW * 4;
+    static constexpr int SZ_BYTES = NGU * BN * 4;
     static constexpr int X_BYTES = BM * XROW;
     static constexpr int STAGE_BYTES = W_BYTES + SZ_BYTES + X_BYTES;
 };
@@ -81,24 +78,17 @@ __device__ __forceinline__ void mma_load_stage(unsigned char* st, int u, const u
             cp_async16(s_w + q * 16, src, ok);
         }
     }
-    // scales / zeros: per group row of the unit, the block's BN/16 n-tiles of the scale plane (2
-    // chunks each), then of the zero plane (Z / 4 chunks each; BN is a multiple of 32 and the
-    // valid n-tiles end at a multiple of 4, so no zero chunk straddles the end)
-    constexpr int SCH = C::SZ_ROW / 4, ZCH0 = C::SZ_Z / 4, STOT = C::NGU * SCH;
-    static_assert(C::SZ_ROW % 4 == 0 && C::SZ_Z % 4 == 0, "a block row of sz must fill whole 16-byte chunks");
-    const int ntv = Np / 16 - nt0;  // n-tiles of the layer from nt0 (>= 1)
+    // scales / zeros: NGU rows of BN words
+    constexpr int SCH = C::BN / 4, STOT = C::NGU * SCH;
 #pragma unroll
     for (int q0 = 0; q0 < STOT; q0 += C::NTHREADS) {
         const int q = q0 + tid;
         if (STOT % C::NTHREADS == 0 || q < STOT) {
             const int gi = q / SCH, c = q % SCH;
             const int grp = GSTC < 8 ? u * C::NGU + gi : u / upg;
-            const u32* row = sz + (size_t)grp * Sz<BITS>::row(Np);
-            const bool zc = c >= ZCH0;
-            const int w = zc ? (c - ZCH0) * 4 : c * 4;  // word within the block's part of the plane
-            const bool ok = uok && (zc ? w < ntv * Sz<BITS>::Z : w < ntv * 8);
-            const u32* src = zc ? row + Sz<BITS>::zplane(Np) + nt0 * Sz<BITS>::Z + w : row + nt0 * 8 + w;
-            cp_async16(s_sz + q * 16, ok ? src : sz, ok);
+            const int n = nt0 * 16 + c * 4;
+            const bool ok = uok && n < Np;
+            cp_async16(s_sz + q * 16, ok ? sz + (size_t)grp * Np + n : sz, ok);
         }
     }
     // x: BM rows x 16 chunks of the unit's 128 K' columns
@@ -192,11 +182,10 @@ qgemm_mma(const u16* __restrict__ x, int ldx, int Kx, const u32* __restrict__ qw
                     const int gi = GSTC < 8 ? ts / GSTC : 0;
 #pragma unroll
                     for (int i = 0; i < NTW; ++i) {
-                        const u32* srow = ssz + gi * C::SZ_ROW;
-                        const int ntb = wn * NTW + i;  // n-tile within the block
-                        const u32 sw = srow[ntb * 8 + g], zw = srow[C::SZ_Z + ntb * Sz<BITS>::Z + Sz<BITS>::zidx(g)];
-                        zz[i][0] = Sz<BITS>::zz(zw, g, 0); zz[i][1] = Sz<BITS>::zz(zw, g, 1);
-                        sc[i][0] = Sz<BITS>::scale2(sw, 0); sc[i][1] = Sz<BITS>::scale2(sw, 1);
+                        const u32 s0 = ssz[gi * C::BN + (wn * NTW + i) * 16 + g];
+                        const u32 s1 = ssz[gi * C::BN + (wn * NTW + i) * 16 + g + 8];
+                        zz[i][0] = prmt(s0, 0x3232u); zz[i][1] = prmt(s1, 0x3232u);
+                        sc[i][0] = prmt(s0, 0x1010u); sc[i][1] = prmt(s1, 0x1010u);
                     }
                 }
 #pragma unroll

@@ -46,8 +46,15 @@ __device__ __forceinline__ float ld_cluster_f32(const float* p, u32 rank) {
     return v;
 }
 
+// half2(-(64 + z), -(64 + z)) for the 4-bit zero z of a sz word (bits 16..19): fp16 64 + z is
+// 0x5400 | z << 4 (ulp 1/16 at 64).
+__device__ __forceinline__ u32 neg64z(u32 szw) {
+    const u32 h = 0xD400u | (((szw >> 16) & 0xFu) << 4);
+    return h | (h << 16);
+}
+
 // A fragment (W^T, integer q - z in fp16) of k-step ts: a[pr] for the four pairs. zz0 / zz1:
-// half2(1024 + z) of rows g / g + 8; nz1 = half2(-(64 + z)) of row g + 8 (Sz::neg64z1; 4 bits only).
+// half2(1024 + z) of rows g / g + 8; nz1 = neg64z of row g + 8 (4 bits only).
 // 4 bits: the two odd pairs are taken unshifted as 1024 + 16 q (mask 0x00F000F0) and finished
 // with one fma: (1024 + 16 q) / 16 - (64 + z) = q - z, exact; one shift per word instead of three.
 template <int BITS>
@@ -137,7 +144,7 @@ struct RedCfg {
 //       XS = 0 (x read from global memory): fp16 in K' order only (x_f32 = gather = 0; the host
 //       runs prep_x first when needed), columns >= Kx read as 0, ldx % 8 == 0, 16-byte aligned.
 // qw:   tc layout words, (N'/16) n-tiles x NU units x 32 lanes x WPU words.
-// sz:   [G', (N'/16) * (8 + Z)] scale and zero planes (struct Sz).    perm: [K'] int32 (XS, gather = 1 only).
+// sz:   [G', N'] half2(scale, 1024 + zero).    perm: [K'] int32 (XS, gather = 1 only).
 // bias: [N] fp32 or null.   y: [M, ldy] fp16 (y_f32 = 0) or fp32, row-major.
 // upg:  units per group (GSTC == 8: group of unit u is u / upg; ushift = log2(upg) or -1).
 // OCC:  blocks per SM the registers are capped for (2: <= 128, 3: <= 80, 4: <= 64 registers).
@@ -192,22 +199,19 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
             for (int e = 0; e < 4; ++e) c[a][b][e] = 0.f;
 
     u32 wb[PD][NT][WPU];
-    u32 sb[PD][NT][NGU][2];  // per group: the lane's scale word and zero word
-    const size_t szrow = Sz<BITS>::row(Np);
-    const int szz = Sz<BITS>::zplane(Np) + Sz<BITS>::zidx(g) - g;  // zero word - scale word (same n-tile 0)
+    u32 sb[PD][NT][NGU][2];
 
-    // Unit u (of group row gu) of n-tile nt0 + nt: its words, scale and zero words.
+    // Unit u (of group row gu) of n-tile nt0 + nt: its words and scale/zero words.
     auto load_tile = [&](u32 (&w)[WPU], u32 (&sw)[NGU][2], int u, int gu, int nt) {
         load_unit<BITS>(w, qw + ((size_t)(nt0 + nt) * NU + u) * (32 * WPU), lane);
-        const u32* szp = sz + (size_t)gu * szrow + (nt0 + nt) * 8 + g;
-        const int zo = szz + (nt0 + nt) * (Sz<BITS>::Z - 8);
+        const u32* szp = sz + (size_t)gu * Np + (nt0 + nt) * 16 + g;
 #pragma unroll
         for (int gi = 0; gi < NGU; ++gi) {
             if constexpr (SMALL_ABLATE == 2) {
-                sw[gi][0] = 0x3C003C00u; sw[gi][1] = 0u;
+                sw[gi][0] = 0x64003C00u; sw[gi][1] = 0x64003C00u;
             } else {
-                sw[gi][0] = ld_nc(szp + (size_t)gi * szrow);
-                sw[gi][1] = ld_nc(szp + (size_t)gi * szrow + zo);
+                sw[gi][0] = ld_nc(szp + (size_t)gi * Np);
+                sw[gi][1] = ld_nc(szp + (size_t)gi * Np + 8);
             }
         }
     };
@@ -340,17 +344,16 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
             };
 #pragma unroll
             for (int nt = NT_LO; nt < NT_HI; ++nt) {
-                const u32 sw = ss[nt][gi][0], zw = ss[nt][gi][1];  // scale word, zero word
-                const u32 zz0 = Sz<BITS>::zz(zw, g, 0), zz1 = Sz<BITS>::zz(zw, g, 1);
+                const u32 zz0 = prmt(ss[nt][gi][0], 0x3232u), zz1 = prmt(ss[nt][gi][1], 0x3232u);
                 u32 a[4];
                 if constexpr (SMALL_ABLATE == 1) {
 #pragma unroll
                     for (int pr = 0; pr < 4; ++pr) a[pr] = ws[nt][(ts * 4 + pr) % WPU] ^ zz0;
                 } else {
-                    decode_a<BITS>(a, ws[nt], ts, zz0, zz1, BITS == 4 ? Sz<BITS>::neg64z1(zw, g) : 0u);
+                    decode_a<BITS>(a, ws[nt], ts, zz0, zz1, BITS == 4 ? neg64z(ss[nt][gi][1]) : 0u);
                 }
                 if constexpr (SCALE_A) {
-                    const u32 sc0 = Sz<BITS>::scale2(sw, 0), sc1 = Sz<BITS>::scale2(sw, 1);
+                    const u32 sc0 = prmt(ss[nt][gi][0], 0x1010u), sc1 = prmt(ss[nt][gi][1], 0x1010u);
 #pragma unroll
                     for (int pr = 0; pr < 4; ++pr) a[pr] = hmul2(a[pr], (pr & 1) ? sc1 : sc0);
                 }
@@ -366,7 +369,7 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
                 if ((GSTC < 8 && (ts + 1) % GSTC == 0) || (GSTC == 8 && ts == 7)) {
 #pragma unroll
                     for (int nt = NT_LO; nt < NT_HI; ++nt) {
-                        const float s0 = h2f(ss[nt][gi][0]), s1 = h2f(ss[nt][gi][0] >> 16);
+                        const float s0 = h2f(ss[nt][gi][0]), s1 = h2f(ss[nt][gi][1]);
 #pragma unroll
                         for (int mt = 0; mt < MT; ++mt) {
                             o[nt][mt][0] += s0 * c[nt][mt][0]; o[nt][mt][1] += s0 * c[nt][mt][1];

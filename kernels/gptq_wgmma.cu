@@ -25,8 +25,7 @@
 //   GEMV's read-only (.nc) ones: ptxas sank .nc loads past the k-steps to the end of the unit (their
 //   registers are used only by the next unit), so each unit waited out most of a DRAM latency;
 //   an ordinary load stays ahead of the first k-step's release-ordered slot arrive.
-//   Stage: W (BN/16 blocks of 32*WPU words, verbatim; none with WR), SZ (NGU group rows: BN/16 n-tiles' scale words,
-//   then their zero words, struct Sz), X: 16 chunks
+//   Stage: W (BN/16 blocks of 32*WPU words, verbatim; none with WR), SZ (NGU rows of BN sz words), X: 16 chunks
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
 //   bytes apart; the launcher passes these as sbo / lbo).
@@ -191,9 +190,7 @@ struct WgCfg {
     static constexpr int INFLIGHT = FW * BM >= 256 ? 1 : 2;
     static constexpr int BN = 64 * FW * NWG;
     static constexpr int W_BYTES = WR ? 0 : (BN / 16) * 32 * WPU * 4;  // WR: weights straight to registers
-    // sz of one group row of the block: BN/16 n-tiles' scale words (8 each), then their zero words (Z each)
-    static constexpr int SZ_ROW = (BN / 16) * (8 + Sz<BITS>::Z), SZ_Z = (BN / 16) * 8;
-    static constexpr int SZ_BYTES = NGU * SZ_ROW * 4;
+    static constexpr int SZ_BYTES = NGU * BN * 4;
     static constexpr int X_OFF = (W_BYTES + SZ_BYTES + 127) / 128 * 128;
     static constexpr int X_BYTES = 16 * BM * 16;
     static constexpr int STAGE_BYTES = X_OFF + X_BYTES;
@@ -256,7 +253,7 @@ __device__ __forceinline__ void mbar_arrive_local_if(u32 bar, bool cond) {
 }
 
 // Stage of unit u, issued by the lanes of one warp as bulk copies completing on `bar`:
-// W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's scale, then zero words), X (16 chunks of BM rows:
+// W (n-tile blocks of 32*WPU words), SZ (NGU rows of the block's sz words), X (16 chunks of BM rows:
 // one copy where xb = BM, else one per chunk).
 // N-tiles >= Np/16 are not copied (their A rows are garbage; those outputs are not written).
 // With a cluster of CN CTAs along N (CN > 1), all of which share m0 and the units, x goes to every
@@ -275,23 +272,19 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
     const bool x1 = !WG_X_CHUNKS && xb == BM;
     const bool x_all = WG_X_ONE_ISSUER && x1;  // one copy for the whole cluster, by CTA 0
     const int nx = x_all ? (rank == 0) : x1 ? 1 : NX;
-    // bytes of the scale and zero words of the valid n-tiles: multiples of 16 (n-tile ranges start
-    // and end at multiples of 4)
-    const u32 ssb = ntv * 32, szb = ntv * Sz<BITS>::Z * 4;
+    const u32 szb = ntv * 64;
     constexpr int XB = WG_ABLATE == 3 ? 0 : C::X_BYTES;
-    if (lane == 0) mbar_expect_tx(bar, (WR ? 0 : ntv * WB) + (ntv ? C::NGU * (ssb + szb) : 0) + XB);
+    if (lane == 0) mbar_expect_tx(bar, (WR ? 0 : ntv * WB) + (ntv ? C::NGU * szb : 0) + XB);
     __syncwarp();
-    for (int j = lane; j < NB + 2 * C::NGU + (WG_ABLATE == 3 ? 0 : nx); j += 32) {
+    for (int j = lane; j < NB + C::NGU + (WG_ABLATE == 3 ? 0 : nx); j += 32) {
         if (j < NB) {
             if (j < ntv) bulk_g2s(s_st + j * WB, qw + ((size_t)(nt0 + j) * NU + u) * (32 * C::WPU), WB, bar);
-        } else if (j < NB + 2 * C::NGU) {  // the scale, then the zero words of group row gi
-            const int gi = (j - NB) >> 1, zc = (j - NB) & 1;
+        } else if (j < NB + C::NGU) {
+            const int gi = j - NB;
             const int grp = GSTC < 8 ? u * C::NGU + gi : u / upg;
-            const u32* row = sz + (size_t)grp * Sz<BITS>::row(Np);
-            const u32 dst = s_st + C::W_BYTES + (gi * C::SZ_ROW + (zc ? C::SZ_Z : 0)) * 4;
-            if (ntv) bulk_g2s(dst, zc ? row + Sz<BITS>::zplane(Np) + nt0 * Sz<BITS>::Z : row + nt0 * 8, zc ? szb : ssb, bar);
+            if (ntv) bulk_g2s(s_st + C::W_BYTES + gi * C::BN * 4, sz + (size_t)grp * Np + nt0 * 16, szb, bar);
         } else {  // chunks p .. p + n - 1
-            const int p = x_all ? 0 : (int)rank * NX + (x1 ? 0 : j - NB - 2 * C::NGU), n = x_all ? 16 : x1 ? NX : 1;
+            const int p = x_all ? 0 : (int)rank * NX + (x1 ? 0 : j - NB - C::NGU), n = x_all ? 16 : x1 ? NX : 1;
             const u16* src = xs + (size_t)p * xb * 8;
             if constexpr (CN == 1) bulk_g2s(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar);
             else bulk_g2s_multicast(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar, (u16)((1u << CN) - 1u));
@@ -453,11 +446,10 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                 const int gi = GSTC < 8 ? ts / GSTC : 0;
 #pragma unroll
                 for (int f = 0; f < FW; ++f) {
-                    const u32* srow = ssz + gi * C::SZ_ROW;
-                    const int ntb = (wg * FW + f) * 4 + wq;  // n-tile within the block
-                    const u32 sw = srow[ntb * 8 + g], zw = srow[C::SZ_Z + ntb * Sz<BITS>::Z + Sz<BITS>::zidx(g)];
-                    zz[f][0] = Sz<BITS>::zz(zw, g, 0); zz[f][1] = Sz<BITS>::zz(zw, g, 1);
-                    sc[f][0] = Sz<BITS>::scale2(sw, 0); sc[f][1] = Sz<BITS>::scale2(sw, 1);
+                    const int row = ((wg * FW + f) * 4 + wq) * 16 + g;
+                    const u32 s0 = ssz[gi * C::BN + row], s1 = ssz[gi * C::BN + row + 8];
+                    zz[f][0] = prmt(s0, 0x3232u); zz[f][1] = prmt(s1, 0x3232u);
+                    sc[f][0] = prmt(s0, 0x1010u); sc[f][1] = prmt(s1, 0x1010u);
                 }
             }
             u32 a[FW][4];

@@ -75,7 +75,7 @@ def snapshot() -> list:
             if act:
                 g = np.random.default_rng(0).permutation(g)
             lay = kc.plan_layout(g.astype(np.int32), bits, K, N, int(g.max()) + 1)
-            gl = kc.GpuLinear(lay, _Array((lay.words,), np.uint32, 0xA000000), _Array((lay.Gp, getattr(lay, "sz_row", lay.Np)), np.uint32, 0xB000000),
+            gl = kc.GpuLinear(lay, _Array((lay.words,), np.uint32, 0xA000000), _Array((lay.Gp, lay.Np), np.uint32, 0xB000000),
                               _Array((lay.Kp,), np.int32, 0xC000000))
             for M in (1, 2, 3, 8, 17, 40):
                 for dt in (np.float16, np.float32):
