@@ -357,18 +357,12 @@ def _as_rows(x, K: int):
     return cp.ascontiguousarray(x).reshape(-1, K)
 
 
-def xs_bytes(lay: TileLayout, M: int) -> int:
-    """Dynamic shared memory of the fused kernel with staged x: M rows of Kp + 8 fp16 values, then
-    M * NU fp32 sums of each row over each unit (the folded zero, SMALL_ZFOLD in gptq_small.cu)."""
-    return M * (lay.Kp + 8) * 2 + M * lay.nu * 4
-
-
 def staged_x(layer: GpuLinear, M: int, mt: int, occ: int | None = None, nt: int = 1, cs: int = 1) -> int:
     """Blocks per SM (occupancy) with which the fused kernel stages x in shared memory, or 0 when
     it does not (MT > 2, or x too large even at 2 blocks per SM)."""
     if mt > 2 or M > 8 * mt:
         return 0
-    nbytes = xs_bytes(layer.layout, M) + red_bytes(mt, nt, cs)
+    nbytes = M * (layer.layout.Kp + 8) * 2 + red_bytes(mt, nt, cs)
     first = occ or default_occ(layer.layout.bits, mt, layer.layout.gstc)
     for o in (first, 2) if occ is None else (occ,):
         if nbytes <= XS_MAX_BYTES[o]:

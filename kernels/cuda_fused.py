@@ -73,7 +73,7 @@ def fused_plan(layer: kc.GpuLinear, M: int, x_f32: bool, aligned: bool, *, mt: i
     upg, i32 = lay.upg, np.int32
     ushift = upg.bit_length() - 1 if upg & (upg - 1) == 0 else -1
     plan = layer.plans[key] = FusedPlan(
-        names, prep, gather, ldx, kx, xf, kc.xs_bytes(lay, M) if xs else 0,
+        names, prep, gather, ldx, kx, xf, M * (lay.Kp + 8) * 2 if xs else 0,
         (lay.Np // (16 * nt) * cs, -(-M // (8 * mt))),
         (i32(M), i32(lay.N), i32(lay.Np), i32(lay.nu), i32(upg), i32(ushift)),
     )

@@ -57,43 +57,38 @@ __device__ __forceinline__ u32 neg64z(u32 szw) {
 // half2(1024 + z) of rows g / g + 8; nz1 = neg64z of row g + 8 (4 bits only).
 // 4 bits: the two odd pairs are taken unshifted as 1024 + 16 q (mask 0x00F000F0) and finished
 // with one fma: (1024 + 16 q) / 16 - (64 + z) = q - z, exact; one shift per word instead of three.
-// ZF (the zero folded out): 1024 + q instead of q - z, without the zero (the caller subtracts
-// (1024 + z) times the sum of x over the unit): no hsub2, and constants in the fmas.
-template <int BITS, bool ZF = false>
+template <int BITS>
 __device__ __forceinline__ void decode_a(u32 (&a)[4], const u32 (&w)[Fmt<BITS>::WPU], int ts, u32 zz0, u32 zz1,
                                          u32 nz1) {
-    auto sub = [](u32 v, u32 zz) { return ZF ? v : hsub2(v, zz); };
     if constexpr (BITS == 4) {
         const u32 lo = w[ts], hi = w[ts] >> 8;
-        const u32 n1 = ZF ? 0x63806380u : nz1;  // ZF: half2(960): (1024 + 16 q) / 16 + 960 = 1024 + q
-        a[0] = sub(and_or_magic<0x000F000Fu>(lo), zz0);
-        a[1] = hfma2(and_or_magic<0x00F000F0u>(lo), 0x2C002C00u, n1);  // half2(1/16, 1/16)
-        a[2] = sub(and_or_magic<0x000F000Fu>(hi), zz0);
-        a[3] = hfma2(and_or_magic<0x00F000F0u>(hi), 0x2C002C00u, n1);
+        a[0] = hsub2(and_or_magic<0x000F000Fu>(lo), zz0);
+        a[1] = hfma2(and_or_magic<0x00F000F0u>(lo), 0x2C002C00u, nz1);  // half2(1/16, 1/16)
+        a[2] = hsub2(and_or_magic<0x000F000Fu>(hi), zz0);
+        a[3] = hfma2(and_or_magic<0x00F000F0u>(hi), 0x2C002C00u, nz1);
     } else if constexpr (BITS == 3) {
         // Codes at bits 3 and 6 of a word are taken unshifted as 1024 + 8 q and 1024 + 64 q and
-        // finished with one fma against -(128 + z) = 896 - (1024 + z) and -(16 + z) = 1008 - (1024 + z)
-        // (ZF: against 896 and 1008); those at 9 and 12 are at 0 and 3 of one shift by 9. One shift
-        // per word instead of four.
-        const u32 n3[2] = {ZF ? 0x63006300u : hsub2(0x63006300u, zz0), ZF ? 0x63006300u : hsub2(0x63006300u, zz1)};
-        const u32 n6[2] = {ZF ? 0x63E063E0u : hsub2(0x63E063E0u, zz0), ZF ? 0x63E063E0u : hsub2(0x63E063E0u, zz1)};
+        // finished with one fma against -(128 + z) = 896 - (1024 + z) and -(16 + z) = 1008 - (1024 + z);
+        // those at 9 and 12 are at 0 and 3 of one shift by 9. One shift per word instead of four.
+        const u32 n3[2] = {hsub2(0x63006300u, zz0), hsub2(0x63006300u, zz1)};  // half2(896, 896) - zz
+        const u32 n6[2] = {hsub2(0x63E063E0u, zz0), hsub2(0x63E063E0u, zz1)};  // half2(1008, 1008) - zz
 #pragma unroll
         for (int pr = 0; pr < 4; ++pr) {
             const int p = (ts & 3) * 4 + pr, r = pr & 1;
             const u32 zz = r ? zz1 : zz0;
             if (p == 15) {
-                a[pr] = sub(magic_pair<BITS>(w, ts, pr), zz);
+                a[pr] = hsub2(magic_pair<BITS>(w, ts, pr), zz);
                 continue;
             }
             const u32 word = w[3 * (ts >> 2) + p / 5], f = p % 5;
             const u32 v = f >= 3 ? word >> 9 : word;
-            if (f == 0 || f == 3) a[pr] = sub(and_or_magic<0x00070007u>(v), zz);
+            if (f == 0 || f == 3) a[pr] = hsub2(and_or_magic<0x00070007u>(v), zz);
             else if (f == 1 || f == 4) a[pr] = hfma2(and_or_magic<0x00380038u>(v), 0x30003000u, n3[r]);  // x 1/8
             else a[pr] = hfma2(and_or_magic<0x01C001C0u>(v), 0x24002400u, n6[r]);                       // x 1/64
         }
     } else {
 #pragma unroll
-        for (int pr = 0; pr < 4; ++pr) a[pr] = sub(magic_pair<BITS>(w, ts, pr), (pr & 1) ? zz1 : zz0);
+        for (int pr = 0; pr < 4; ++pr) a[pr] = hsub2(magic_pair<BITS>(w, ts, pr), (pr & 1) ? zz1 : zz0);
     }
 }
 
@@ -115,13 +110,6 @@ __device__ __forceinline__ void decode_a(u32 (&a)[4], const u32 (&w)[Fmt<BITS>::
 // Where a block of a *_pdl kernel lets the next kernel launch (programmatic dependent launch;
 // kernels/launch.py): 0 at its start (the default), 1 after its k-loop, 2 never (implicitly when
 // it exits). Probes.
-// SMALL_ZFOLD = 1 (default): staged x with MT = 1 and groups of >= 128 decode the weights as
-// 1024 + q (no zero, no hsub2: decode_a's ZF) and subtract (1024 + z) * (sum of the row's x over
-// the unit) per unit in fp32, the unit sums being taken once per block after staging x; 0: the
-// zero is subtracted from every fragment (probes).
-#ifndef SMALL_ZFOLD
-#define SMALL_ZFOLD 1
-#endif
 #ifndef SMALL_PDL_TRIGGER
 #define SMALL_PDL_TRIGGER 0
 #endif
@@ -168,8 +156,7 @@ struct RedCfg {
 //       lets the next kernel launch (SMALL_PDL_TRIGGER) and waits for the previous one after its
 //       first weight loads, before it reads x. The plain kernels have neither instruction.
 // Grid: (N' / (16*NT) * CS, ceil(M / (8*MT))); block: THREADS; dynamic shared memory (XS):
-// M * (Kp + 8) * 2 bytes of staged x, then M * NU * 4 bytes of unit sums (ZF; kernels/cuda.py
-// xs_bytes).
+// M * (Kp + 8) * 2 bytes.
 template <int BITS, int MT, int NT, int GSTC, int XS, int OCC, int PDX, int CS, bool PDL>
 __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, int Kx, int x_f32, int gather,
                                            const u32* __restrict__ qw, const u32* __restrict__ sz,
@@ -182,7 +169,6 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
     constexpr int PD = PDX > 0 ? PDX : C::PD;
     constexpr bool SCALE_A = C::SCALE_A;
     constexpr bool XPRE = MT <= 2 && XS == 0;  // x of a whole unit preloaded to registers (global)
-    constexpr bool ZF = SMALL_ZFOLD && XS != 0 && MT == 1 && GSTC == 8 && !SCALE_A && SMALL_ABLATE == 0;
     constexpr int RM = R::RM, RN = R::RN;
     static_assert(!XS || MT <= 2, "staged x is for MT <= 2");
     static_assert(CS == 1 || MT == 1, "split-K clusters are for MT = 1");
@@ -290,32 +276,6 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
         }
         __syncthreads();
     }
-    // ZF: sum of each staged row over each of the block's units (fp32), after the staged rows:
-    // xsum[m * NU + u]; a warp per (row, unit), a 16-byte chunk per lane of its first half.
-    float* xsum = reinterpret_cast<float*>(xs_dyn + (XS != 0 ? M * rs : 0));
-    const float* xsum_lane[2] = {xsum, xsum};  // rows of this lane's mma columns 2t, 2t + 1
-    if constexpr (ZF) {
-        const int nub = u_hi - u_lo;
-        for (int i = warp; i < M * nub; i += WARPS) {
-            const int m = i / nub, u = u_lo + i % nub;
-            float v = 0.f;
-            if (lane < 16) {
-                const uint4 ch = xs_dyn[m * rs + 16 * u + lane];
-                const u32 h[4] = {ch.x, ch.y, ch.z, ch.w};
-#pragma unroll
-                for (int j = 0; j < 4; ++j) v += h2f(h[j]) + h2f(h[j] >> 16);
-            }
-#pragma unroll
-            for (int d = 8; d >= 1; d >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, d);
-            if (lane == 0) xsum[m * NU + u] = v;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-            const int m = m0 + 2 * t + j;
-            xsum_lane[j] = xsum + (m < M ? m : 0) * NU;
-        }
-    }
 
     // Unit u: every n-tile (ntc = IC<-1>), or only n-tile ntc::value.
     auto compute_unit = [&](const u32 (&ws)[NT][WPU], const u32 (&ss)[NT][NGU][2], int u, auto ntc) {
@@ -390,7 +350,7 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
 #pragma unroll
                     for (int pr = 0; pr < 4; ++pr) a[pr] = ws[nt][(ts * 4 + pr) % WPU] ^ zz0;
                 } else {
-                    decode_a<BITS, ZF>(a, ws[nt], ts, zz0, zz1, BITS == 4 && !ZF ? neg64z(ss[nt][gi][1]) : 0u);
+                    decode_a<BITS>(a, ws[nt], ts, zz0, zz1, BITS == 4 ? neg64z(ss[nt][gi][1]) : 0u);
                 }
                 if constexpr (SCALE_A) {
                     const u32 sc0 = prmt(ss[nt][gi][0], 0x1010u), sc1 = prmt(ss[nt][gi][1], 0x1010u);
@@ -410,12 +370,6 @@ __device__ __forceinline__ void small_body(const void* __restrict__ x, int ldx, 
 #pragma unroll
                     for (int nt = NT_LO; nt < NT_HI; ++nt) {
                         const float s0 = h2f(ss[nt][gi][0]), s1 = h2f(ss[nt][gi][1]);
-                        if constexpr (ZF) {  // c - (1024 + z) * (sum of x over the unit), per row and column
-                            const float z0 = h2f(ss[nt][gi][0] >> 16), z1 = h2f(ss[nt][gi][1] >> 16);
-                            const float x0 = xsum_lane[0][u], x1 = xsum_lane[1][u];
-                            c[nt][0][0] -= z0 * x0; c[nt][0][1] -= z0 * x1;
-                            c[nt][0][2] -= z1 * x0; c[nt][0][3] -= z1 * x1;
-                        }
 #pragma unroll
                         for (int mt = 0; mt < MT; ++mt) {
                             o[nt][mt][0] += s0 * c[nt][mt][0]; o[nt][mt][1] += s0 * c[nt][mt][1];

@@ -8,9 +8,8 @@ reads of the same bytes (torch.sum; a 16-byte-load read kernel).
 A configuration NT:OCC:XS:PD is qgemm_small<bits, 1, NT, 8, XS, OCC, PD> (groups of 128; PD 0 =
 the kernel's default; `def` = the default plan). Macros ('+' joins several; base = none; see
 kernels/gptq_small.cu): SMALL_NT_OUTER=0 / 1 (the unit's n-tiles k-step by k-step / one after
-another), SMALL_ZFOLD=0 (staged x: the zero subtracted from every weight instead of folded into
-a per-unit correction), SMALL_ABLATE=1 (no weight decode) or 2 (no scale/zero loads), the last two
-for timing only (their errors are meaningless).
+another), SMALL_ABLATE=1 (no weight decode) or 2 (no scale/zero loads), the last two for timing
+only (their errors are meaningless).
 """
 
 from __future__ import annotations
@@ -146,7 +145,7 @@ def main() -> None:
             row = []
             for defines in args.defines.split(","):
                 fn = cp.RawModule(code=kc.source(), name_expressions=(name,), options=_options(kc, defines)).get_function(name)
-                smem = kc.xs_bytes(lay, M) if xs else 0
+                smem = M * (lay.Kp + 8) * 2 if xs else 0
                 if smem > 48 * 1024:
                     fn.max_dynamic_shared_size_bytes = smem
                 grid = (lay.Np // (16 * nt), -(-M // 8))

@@ -83,7 +83,7 @@ def test_plans_are_cached_per_row_count_and_kind_of_x(launches):
     assert kf.fused_plan(gl, 1, False, True) is a and a.names[1] == a.names[0].replace("<", "_pdl<", 1)
     assert a.prep and (a.ldx, a.kx, a.x_f32) == (gl.layout.Kp, gl.layout.Kp, 0)  # act-order: x through prep_x
     b = kf.fused_plan(gl, 1, True, False, xs=True)  # the staging gathers / casts x itself
-    assert not b.prep and b.gather == 1 and b.x_f32 == 1 and b.smem == kc.xs_bytes(gl.layout, 1)
+    assert not b.prep and b.gather == 1 and b.x_f32 == 1 and b.smem == (gl.layout.Kp + 8) * 2
     assert kf.fused_plan(gl, 2, False, True) is not a and len(gl.plans) == 3
     with pytest.raises(ValueError, match="cs must be"):
         kf.fused_plan(gl, 20, False, True, cs=2)
