@@ -15,8 +15,11 @@ shape K x N and batch M: y = x @ W with
          kernels/gptq_mma.cu), "dq" (dequantize to fp16 + cuBLAS, the old prefill path) and
          "gemv" (the small-M fused kernel).
 Times are medians of CUDA-event timings over batches of back-to-back calls queued behind a GPU
-sleep (so host launch overhead is not timed), after about 20 ms of the same calls, rotating among enough weight/activation copies that
-the working set exceeds 3x the L2 cache. GB/s counts packed weights + scales/zeros + x + y.
+sleep (so host launch overhead is not timed), after about 20 ms of the same calls, rotating among
+enough weight/activation copies that the working set exceeds 3x the L2 cache; the variants of one
+shape and M (fp16 and int4 included) are timed in rounds, one batch each in turn, so that they
+share any slow spell of the GPU (Timer.interleaved_ms). GB/s counts packed weights + scales/zeros
++ x + y.
 """
 
 from __future__ import annotations
@@ -56,40 +59,48 @@ class Timer:
             pass
 
     def per_call_ms(self, fn, ncopy: int, reps: int = 7, target_ms: float = 3.0, warm_ms: float = 20.0) -> float:
-        """Median over `reps` batches of the mean time of one call (calls rotate among copies).
+        """Median over `reps` batches of the mean time of one call (calls rotate among copies)."""
+        return self.interleaved_ms({"fn": (fn, ncopy)}, reps, target_ms, warm_ms)["fn"]
 
-        Calls first run for about `warm_ms` of GPU time (at most 200 calls). With only the
-        2*ncopy warm-up calls, the first variant timed after the fp16 GEMM ran slow (H100, 8192 x
-        28672 at 512 rows: the same wgmma plan 439.4 us timed first, 402.5 us timed fourth; with
-        this warm-up 400.0 and 403.3; docs/gpu-results.md, fifteenth session; the cause, clocks
-        or power after cuBLAS, was not measured).
+    def interleaved_ms(self, fns: dict, reps: int = 7, target_ms: float = 3.0, warm_ms: float = 20.0) -> dict:
+        """{name: (fn, ncopy)} -> {name: median over `reps` rounds of the mean time of one call}.
+
+        Each fn first runs for about `warm_ms` of GPU time (at most 200 calls); then every round
+        times one batch of each fn in turn, so a slow spell of the GPU is shared by all of them
+        rather than charged to whichever is timed first. Timed one after another, the first variant
+        after the fp16 GEMM could run slow: H100, 8192 x 28672 at 512 rows, the same wgmma plan
+        439.4 us timed first against 402.5 us timed fourth (fifteenth session), still 459.3 against
+        408.9 with the warm-up alone (sixteenth session; docs/gpu-results.md).
         Each batch is queued behind a GPU sleep longer than the host takes to enqueue it (measured
         on the previous batch), so that the GPU runs the calls back to back."""
-        for i in range(2 * ncopy):
-            fn(i % ncopy)
-        torch.cuda.synchronize()
-        self.start.record()
-        fn(0)
-        self.end.record()
-        self.end.synchronize()
-        est = max(self.start.elapsed_time(self.end), 1e-3)
-        for i in range(min(200, math.ceil(warm_ms / est))):
-            fn(i % ncopy)
-        iters = int(min(100, max(2 * ncopy, math.ceil(target_ms / est))))
-        host_ms = 0.08 * iters  # first guess: 80 us per call
-        times = []
-        for _ in range(reps):
-            if self.cycles_per_ms:
-                torch.cuda._sleep(int(self.cycles_per_ms * (0.5 + 1.5 * host_ms)))
-            t0 = time.perf_counter()
-            self.start.record()
-            for i in range(iters):
+        plan = {}
+        for name, (fn, ncopy) in fns.items():
+            for i in range(2 * ncopy):
                 fn(i % ncopy)
+            torch.cuda.synchronize()
+            self.start.record()
+            fn(0)
             self.end.record()
-            host_ms = (time.perf_counter() - t0) * 1e3
             self.end.synchronize()
-            times.append(self.start.elapsed_time(self.end) / iters)
-        return statistics.median(times)
+            est = max(self.start.elapsed_time(self.end), 1e-3)
+            for i in range(min(200, math.ceil(warm_ms / est))):
+                fn(i % ncopy)
+            iters = int(min(100, max(2 * ncopy, math.ceil(target_ms / est))))
+            plan[name] = [fn, ncopy, iters, 0.08 * iters, []]  # host ms: first guess 80 us per call
+        for _ in range(reps):
+            for p in plan.values():
+                fn, ncopy, iters, host_ms, times = p
+                if self.cycles_per_ms:
+                    torch.cuda._sleep(int(self.cycles_per_ms * (0.5 + 1.5 * host_ms)))
+                t0 = time.perf_counter()
+                self.start.record()
+                for i in range(iters):
+                    fn(i % ncopy)
+                self.end.record()
+                p[3] = (time.perf_counter() - t0) * 1e3
+                self.end.synchronize()
+                times.append(self.start.elapsed_time(self.end) / iters)
+        return {name: statistics.median(p[4]) for name, p in plan.items()}
 
 
 def copy_bandwidth(timer, nbytes=1 << 30) -> float:
@@ -191,15 +202,12 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
     xs = [torch.randn(M, K, device=device, dtype=torch.float16, generator=gen) for _ in range(nx)]
     xy_bytes = 2 * M * (K + N)
     row = {"K": K, "N": N, "M": M}
-    t = timer.per_call_ms(lambda i: F.linear(xs[i % nx], w16[i % len(w16)]), max(len(w16), nx))
-    row["fp16_us"], row["fp16_GBps"] = t * 1e3, (2 * N * K + xy_bytes) / t / 1e6
+    timed = {"fp16": (lambda i: F.linear(xs[i % nx], w16[i % len(w16)]), max(len(w16), nx))}
     if int4_w is not None and M <= 16:
         xb = [x.to(torch.bfloat16) for x in xs]
         mm = torch.ops.aten._weight_int4pack_mm
-        t = timer.per_call_ms(lambda i: mm(xb[i % nx], int4_w[i % len(int4_w)], GROUP, int4_sz[i % len(int4_sz)]),
-                              max(len(int4_w), nx))
-        row["int4_us"] = t * 1e3
-        row["int4_GBps"] = (N * K // 2 + (K // GROUP) * N * 4 + xy_bytes) / t / 1e6
+        timed["int4"] = (lambda i: mm(xb[i % nx], int4_w[i % len(int4_w)], GROUP, int4_sz[i % len(int4_sz)]),
+                         max(len(int4_w), nx))
 
     def run(i, layers, path="auto"):
         return tc.linear(xs[i % nx], layers[i % len(layers)], None, path=path)
@@ -208,13 +216,21 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
 
     with tc._On(device):
         wg = ["wgmma"] if M >= 64 and cuda_wgmma.supported() else []
+    nbytes = {}
     for name, layers in variants.items():
-        nb = layers[0].read_bytes + xy_bytes
         extra = (["mma", "dequant"] + wg + (["fused"] if M <= 64 else [])) if M >= 16 and not name.endswith("a") else []
         for path in ["auto"] + extra:
-            t = timer.per_call_ms(lambda i, layers=layers, path=path: run(i, layers, path), max(len(layers), nx))
             key = name if path == "auto" else f"{name}_{path}"
-            row[f"{key}_us"], row[f"{key}_GBps"] = t * 1e3, nb / t / 1e6
+            timed[key] = (lambda i, layers=layers, path=path: run(i, layers, path), max(len(layers), nx))
+            nbytes[key] = layers[0].read_bytes + xy_bytes
+    ms = timer.interleaved_ms(timed)  # every variant of this M in turn, round after round
+    row["fp16_us"], row["fp16_GBps"] = ms["fp16"] * 1e3, (2 * N * K + xy_bytes) / ms["fp16"] / 1e6
+    if "int4" in ms:
+        row["int4_us"] = ms["int4"] * 1e3
+        row["int4_GBps"] = (N * K // 2 + (K // GROUP) * N * 4 + xy_bytes) / ms["int4"] / 1e6
+    for key, nb in nbytes.items():
+        row[f"{key}_us"], row[f"{key}_GBps"] = ms[key] * 1e3, nb / ms[key] / 1e6
+    for name, layers in variants.items():
         if M in (4, 16, 64, 512):  # sanity: the fused kernels and dequantize + cuBLAS agree
             b = run(0, layers, "dequant").float()
             for p in ("fused", "mma", *wg) if M <= 64 else ("mma", *wg):
