@@ -73,7 +73,7 @@ class Timer:
         408.9 with the warm-up alone (sixteenth session; docs/gpu-results.md).
         Each batch is queued behind a GPU sleep longer than the host takes to enqueue it (measured
         on the previous batch), so that the GPU runs the calls back to back."""
-        plan = {}
+        iters, host_ms, times = {}, {}, {name: [] for name in fns}
         for name, (fn, ncopy) in fns.items():
             for i in range(2 * ncopy):
                 fn(i % ncopy)
@@ -85,22 +85,21 @@ class Timer:
             est = max(self.start.elapsed_time(self.end), 1e-3)
             for i in range(min(200, math.ceil(warm_ms / est))):
                 fn(i % ncopy)
-            iters = int(min(100, max(2 * ncopy, math.ceil(target_ms / est))))
-            plan[name] = [fn, ncopy, iters, 0.08 * iters, []]  # host ms: first guess 80 us per call
+            iters[name] = int(min(100, max(2 * ncopy, math.ceil(target_ms / est))))
+            host_ms[name] = 0.08 * iters[name]  # first guess: 80 us per call
         for _ in range(reps):
-            for p in plan.values():
-                fn, ncopy, iters, host_ms, times = p
+            for name, (fn, ncopy) in fns.items():
                 if self.cycles_per_ms:
-                    torch.cuda._sleep(int(self.cycles_per_ms * (0.5 + 1.5 * host_ms)))
+                    torch.cuda._sleep(int(self.cycles_per_ms * (0.5 + 1.5 * host_ms[name])))
                 t0 = time.perf_counter()
                 self.start.record()
-                for i in range(iters):
+                for i in range(iters[name]):
                     fn(i % ncopy)
                 self.end.record()
-                p[3] = (time.perf_counter() - t0) * 1e3
+                host_ms[name] = (time.perf_counter() - t0) * 1e3
                 self.end.synchronize()
-                times.append(self.start.elapsed_time(self.end) / iters)
-        return {name: statistics.median(p[4]) for name, p in plan.items()}
+                times[name].append(self.start.elapsed_time(self.end) / iters[name])
+        return {name: statistics.median(t) for name, t in times.items()}
 
 
 def copy_bandwidth(timer, nbytes=1 << 30) -> float:

@@ -114,9 +114,9 @@ if [[ " $STAGES " == *" baseline "* ]]; then
     [ -n "${BASELINE:-}" ] && [ -f "$BASELINE/pyproject.toml" ] || { echo "BASELINE must name a source tree"; exit 1; }
     site=$(mktemp -d)
     "$PY" -m pip install -q --no-deps --no-build-isolation --target "$site" "$(cd "$BASELINE" && pwd)" || exit 1
+    mkdir -p "$OUT/baseline"
     # the baseline package first on the path (the editable install's finder comes after it)
     # shellcheck disable=SC2086
-    mkdir -p "$OUT/baseline"
     OUT="$OUT/baseline" PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" timeout "${BENCH_TIMEOUT:-240}" "$PY" "$BASELINE/tools/bench_kernels.py" \
       ${BASELINE_ARGS-${BENCH_ARGS---sweep}}
   ) 2>&1 | tee "$OUT/baseline.log" || status=1

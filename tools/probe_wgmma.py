@@ -132,17 +132,17 @@ def waves(cp, kw, xw_for, M, gl, ref, timer) -> None:
 
 def prep_times(cp, kw, rng, K, N, M, gl) -> None:
     """x into the kernel's order (`prep`): 16-byte loads against the element gather and a plain
-    device copy of x, 8 copies of x in turn (past the 50 MB L2 at 512 x 8192)."""
+    device copy of x, 8 copies of x in turn (past the 50 MB L2 at 512 x 8192), timed in interleaved rounds."""
     timer = f_timer()
     n = 8
     xs = [cp.asarray(rng.standard_normal((M, K)).astype(np.float16)) for _ in range(n)]
     outs = [cp.empty(kw.xbuf_size(gl, M), cp.float16) for _ in range(n)]
     a, b = (kw.prep(xs[0], gl, outs[j], 256, gather=j == 1).view(cp.uint16) for j in (0, 1))
     same = bool((a == b).all())
-    ts = {name: timer.per_call_ms(fn, n, reps=9) * 1e3 for name, fn in (
-        ("16-byte loads", lambda i: kw.prep(xs[i], gl, outs[i], 256)),
-        ("element gather", lambda i: kw.prep(xs[i], gl, outs[i], 256, gather=True)),
-        ("plain copy", lambda i: cp.copyto(outs[i][:M * K].reshape(M, K), xs[i])))}
+    ts = {name: v * 1e3 for name, v in timer.interleaved_ms({
+        "16-byte loads": (lambda i: kw.prep(xs[i], gl, outs[i], 256), n),
+        "element gather": (lambda i: kw.prep(xs[i], gl, outs[i], 256, gather=True), n),
+        "plain copy": (lambda i: cp.copyto(outs[i][:M * K].reshape(M, K), xs[i]), n)}, reps=9).items()}
     mb = 2 * 2 * M * K / 1e6
     print(f"{K} x {N}, M={M}: prep of x ({mb:.1f} MB read + written), us: "
           + ", ".join(f"{k} {v:.1f} ({mb / v * 1e3:.0f} GB/s)" for k, v in ts.items())
