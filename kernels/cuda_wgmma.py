@@ -1,12 +1,10 @@
 """Launcher of the Hopper fused dequantize + wgmma GEMM for prefill (`qgemm_wg`, kernels/gptq_wgmma.cu).
 
 It reads the same GPU tile layout as the other kernels (`GpuLinear`, kernels/cuda.py): no extra
-copy of the weights. The wgmma B operand is read by the tensor cores straight from shared memory, so
-x must be there in the order of the decoded A fragments ("wg order"). fp16 x of a layer without
-act-order (`x_direct_ok`) is put in that order by the kernel's producer warpgroup itself, on tiles
-without clusters (x-direct tiles, `WgTile.xd`, label suffix d; `run_direct`); otherwise x goes
-through one gather first (`prep`, the `prep_xwg*` kernels), which also applies act-order and casts
-fp32 to fp16. The kernels need sm_90a (H100 / H200): `supported()` says
+copy of the weights. x goes through one gather first (`prep`, the `prep_x` kernel with the
+`wg_perm` index): the wgmma B operand is read by the tensor cores straight from shared memory, so
+x must already be in the order of the decoded A fragments ("wg order"), which also applies
+act-order and casts fp32 to fp16. The kernels need sm_90a (H100 / H200): `supported()` says
 whether the current device has it. They are compiled once per process (kernels.cuda.function,
 which adds ``-arch=sm_90a`` for these names) and run on the current CuPy stream.
 
@@ -43,13 +41,10 @@ class WgTile:
     nwg: int = 2  # warpgroups per block
     tail: WgTile | None = None  # blocks of the last, partial wave (split = 1 only): see `tail_start`
     sk: bool = False  # stream-K: one block per SM walks an equal share of all tiles' units (`stream_k_workers`)
-    xd: bool = False  # x direct: the producer warpgroup reads x itself, no `prep` (cn = 1, no tail; `direct`)
 
     def __post_init__(self):
         if self.sk and self.tail is not None:
             raise ValueError("a stream-K tile has no tail: its blocks share the last wave's work")
-        if self.xd and (self.cn > 1 or self.tail is not None):
-            raise ValueError("x direct (xd) is for tiles without clusters or a tail")
 
     @property
     def bn(self) -> int:
@@ -62,7 +57,7 @@ class WgTile:
     @property
     def label(self) -> str:
         own = (f"{self.bn}x{self.bm}" + (f"c{self.cn}" if self.cn > 1 else "") + ("r" if self.wr else "")
-               + ("s" if self.sk else "") + ("d" if self.xd else ""))
+               + ("s" if self.sk else ""))
         return own + (f"+{self.tail.label}" if self.tail else "")
 
     def parts(self) -> tuple[WgTile, ...]:
@@ -86,10 +81,7 @@ _BASE = (
 #: ... and big blocks whose last, partial wave runs in smaller blocks ("main+tail").
 _TAILED = tuple(WgTile(1, 256, cn, True, tail=tail) for cn in (2, 4)
                 for tail in (WgTile(1, 128, 1, True), WgTile(1, 128, 2, True), WgTile(1, 64)))
-#: ... and every tile of at most 128 rows without clusters or a tail also with x direct (label
-#: suffix d; the 256-row blocks run in clusters: in their x-direct form ptxas serialized the wgmma, C7512).
-_DIRECT = tuple(replace(t, xd=True) for t in _BASE if t.cn == 1 and t.bm <= 128)
-TILES = {t.label: t for t in _BASE + _TAILED + _DIRECT}
+TILES = {t.label: t for t in _BASE + _TAILED}
 #: (Weights two units ahead in registers measured no faster than one on any H100 benchmark shape,
 #: docs/gpu-results.md; removed.)
 
@@ -120,7 +112,7 @@ def smem_bytes(bits: int, gstc: int, tile: WgTile) -> int:
 
 def kernel_name(bits: int, gstc: int, tile: WgTile) -> str:
     t = tile
-    sk = f",{int(t.sk)},1" if t.xd else ",1" if t.sk else ""
+    sk = ",1" if t.sk else ""
     return f"qgemm_wg<{bits},{gstc},{t.fw},{t.bm},{t.nwg},{t.cn},{int(t.wr)},{stages_for(bits, gstc, t)}{sk}>"
 
 
@@ -290,13 +282,7 @@ def tail_start(lay: kc.TileLayout, M: int, tile: WgTile) -> int:
     return mid if 0 < mid < nts else nts
 
 
-def x_direct_ok(layer: kc.GpuLinear, x2) -> bool:
-    """Whether qgemm_wg can read x2 itself (`WgTile.xd`, no `prep`): fp16 in the direct layout
-    (K' order = K order, K % 8 == 0), C-contiguous, 16-byte aligned."""
-    return kc.x_in_place(layer, x2) and x2.ndim == 2 and x2.flags.c_contiguous
-
-
-def default_plan(layer: kc.GpuLinear, M: int, direct: bool = False) -> tuple[WgTile, int]:
+def default_plan(layer: kc.GpuLinear, M: int) -> tuple[WgTile, int]:
     """(tile, split) for M rows, from tile sweeps on an H100 (tools/bench_kernels.py --wg-sweep,
     docs/gpu-results.md; up to 64 rows on an H200, docs/gpu-results-h200.md): 256 x 64 blocks with
     the weights loaded straight into registers up to 64 rows, 256 x 128 blocks up to 128; above,
@@ -307,8 +293,7 @@ def default_plan(layer: kc.GpuLinear, M: int, direct: bool = False) -> tuple[WgT
     SK_C2_TILE (three consumer warpgroups, stream-K), and blocks that do not fill whole waves take
     the tile's stream-K form; K' split (not in stream-K) so that the grid covers the SMs about once,
     with >= 4 units per split. From ONE_WAVE_MIN_M rows, a layer whose 128 x 128 blocks fill more than half
-    the SMs in one wave takes those (ONE_WAVE_TILE). direct (x readable in place, `x_direct_ok`):
-    a tile with an x-direct form (`WgTile.xd`: no clusters or tail, <= 128 rows) takes it, which skips `prep`."""
+    the SMs in one wave takes those (ONE_WAVE_TILE)."""
     lay = layer.layout
     sms = cuda_mma.sm_count()
 
@@ -334,8 +319,6 @@ def default_plan(layer: kc.GpuLinear, M: int, direct: bool = False) -> tuple[WgT
     if not fits(lay.bits, lay.gstc, tile):
         tile = TILES["128x128"]
     split = 1 if tile.sk else max(1, min(8, sms // blocks(tile), lay.nu // 4))
-    if direct and tile.label + "d" in TILES:
-        tile = TILES[tile.label + "d"]
     return tile, split
 
 
@@ -345,46 +328,10 @@ def wg_matmul(x2, layer: kc.GpuLinear, bias, out, *, tile: WgTile | str | None =
     if isinstance(tile, str):
         tile = TILES[tile]
     if tile is None or split is None:
-        t0, s0 = default_plan(layer, x2.shape[0], direct=x_direct_ok(layer, x2))
+        t0, s0 = default_plan(layer, x2.shape[0])
         tile, split = tile or t0, split or s0
-    if tile.xd:
-        return run_direct(x2, layer, bias, out, tile, split, ws)
     xw = prep(x2, layer, xbuf, tile.bm)
     return run(xw, x2.shape[0], layer, bias, out, tile, split, ws)
-
-
-def _check_split(lay: kc.TileLayout, M: int, bias, out, tile: WgTile, split: int, ws):
-    """`run`'s checks of split, bias, out and ws (shared with `run_direct`); returns ws."""
-    if tile.sk and split != 1:
-        raise ValueError(f"stream-K tile {tile.label} takes split = 1 (its blocks already share the units), got {split}")
-    ws = cuda_mma.check_gemm_args(M, lay.N, bias, out, split, ws)
-    if tile.sk:
-        ws = _sk_workspace(lay, M, tile, ws)
-    if not supported():
-        raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
-    return ws
-
-
-def run_direct(x2, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws=None):
-    """Launch an x-direct tile (`WgTile.xd`) on x2 as it is (+ mma_reduce when split > 1).
-
-    x2:   CuPy fp16 [M, K], C-contiguous, 16-byte aligned, of a layer in the direct layout
-          (`x_direct_ok`); read by the kernel's producer warpgroup, no `prep`.
-    bias, out, ws: as for `run`."""
-    lay = layer.layout
-    if not tile.xd:
-        raise ValueError(f"tile {tile.label} reads prepared x: use run(prep(x, ...), ...)")
-    if not x_direct_ok(layer, x2) or x2.shape[1] != lay.K:
-        raise ValueError(f"x-direct tile {tile.label} needs C-contiguous 16-byte aligned fp16 x [M, {lay.K}] and a "
-                         "layer without act-order whose K is a multiple of 8; use a tile without 'd' (x prepared)")
-    M = x2.shape[0]
-    ws = _check_split(lay, M, bias, out, tile, split, ws)
-    if M == 0:
-        return out
-    _launch(x2, 0, 0, M, layer, bias, out, tile, split, ws, 0, lay.Np // 16, None, None, ldx=lay.K)
-    if split > 1:
-        cuda_mma.reduce_split(ws, split, bias, out, M, lay.N)
-    return out
 
 
 def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws=None, *, lbo: int | None = None,
@@ -408,24 +355,28 @@ def run(xw, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws
             or not xw.flags.c_contiguous or xw.data.ptr % 16):
         raise ValueError(f"x must be C-contiguous 16-byte aligned fp16 {(lay.Kp // UNIT, 'Mp/rows', 16, 'rows', 8)} "
                          f"in wg order (prep), Mp = {Mp}")
-    if tile.xd:
-        raise ValueError(f"x-direct tile {tile.label} reads x itself: use run_direct")
     for part in tile.parts():  # a block's rows must lie in one block of x
         if rows % part.bm:
             raise ValueError(f"x is in blocks of {rows} rows, not a multiple of tile {part.label}'s {part.bm}: "
                              f"prepare it with prep(..., rows={tile.bm})")
-    ws = _check_split(lay, M, bias, out, tile, split, ws)
+    if tile.sk and split != 1:
+        raise ValueError(f"stream-K tile {tile.label} takes split = 1 (its blocks already share the units), got {split}")
+    ws = cuda_mma.check_gemm_args(M, lay.N, bias, out, split, ws)
+    if tile.sk:
+        ws = _sk_workspace(lay, M, tile, ws)
+    if not supported():
+        raise RuntimeError("the wgmma kernel needs an sm_90 GPU (H100 / H200); use path='mma' or 'dequant'")
     if M == 0:
         return out
     nts = lay.Np // 16
     if split > 1 or tile.tail is None:
-        _launch(xw, Mp, rows, M, layer, bias, out, tile, split, ws, 0, nts, lbo, sbo)
+        _launch(xw, Mp, M, layer, bias, out, tile, split, ws, 0, nts, lbo, sbo)
     else:  # whole waves of the tile's blocks, then the outputs left in the tail's blocks
         mid = tail_start(lay, M, tile)
         if mid > 0:
-            _launch(xw, Mp, rows, M, layer, bias, out, replace(tile, tail=None), 1, ws, 0, mid, lbo, sbo)
+            _launch(xw, Mp, M, layer, bias, out, replace(tile, tail=None), 1, ws, 0, mid, lbo, sbo)
         if mid < nts:
-            _launch(xw, Mp, rows, M, layer, bias, out, tile.tail, 1, ws, mid, nts, lbo, sbo)
+            _launch(xw, Mp, M, layer, bias, out, tile.tail, 1, ws, mid, nts, lbo, sbo)
     if split > 1:
         cuda_mma.reduce_split(ws, split, bias, out, M, lay.N)
     return out
@@ -495,10 +446,9 @@ def _sk_workspace(lay: kc.TileLayout, M: int, tile: WgTile, ws):
     return ws
 
 
-def _launch(xw, Mp: int, xb: int, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws, nt_lo: int,
-            nt_hi: int, lbo: int | None, sbo: int | None, ldx: int = 0) -> None:
-    """One qgemm_wg launch over the n-tiles [nt_lo, nt_hi) (arguments checked by `run` / `run_direct`):
-    xw prepared in blocks of xb rows (Mp rows in all), or (x-direct tiles) x [M, ldx] itself."""
+def _launch(xw, Mp: int, M: int, layer: kc.GpuLinear, bias, out, tile: WgTile, split: int, ws, nt_lo: int,
+            nt_hi: int, lbo: int | None, sbo: int | None) -> None:
+    """One qgemm_wg launch over the n-tiles [nt_lo, nt_hi) (arguments checked by `run`)."""
     cp = kc._cupy()
     lay = layer.layout
     i32 = np.int32
@@ -512,9 +462,9 @@ def _launch(xw, Mp: int, xb: int, M: int, layer: kc.GpuLinear, bias, out, tile: 
         grid = (clusters_along_n(nt_hi - nt_lo, tile) * tile.cn, -(-M // tile.bm), split)
     function(lay.bits, lay.gstc, tile)(
         grid, (tile.threads,),
-        (xw, i32(Mp), i32(xb), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
+        (xw, i32(Mp), i32(xw.shape[3]), layer.qw, layer.sz, bias if (bias is not None and split == 1) else null,
          out, i32(out.dtype == cp.float32), ws if (split > 1 or tile.sk) else null, i32(M), i32(lay.N), i32(lay.Np),
          i32(nt_lo), i32(nt_hi), i32(lay.nu), i32(lay.upg), i32(split),
-         i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo), cnt, i32(ldx), i32(lay.K)),
+         i32(tile.bm * 16 if lbo is None else lbo), i32(128 if sbo is None else sbo), cnt),
         shared_mem=smem_bytes(lay.bits, lay.gstc, tile),
     )

@@ -3,7 +3,7 @@
 // (gptq_cuda.cu + gptq_cuda_repack.cu + gptq_mma.cu + this file, with -arch=sm_90a): it uses their
 // helpers (Fmt, magic_pair, hsub2, hmul2, prmt, f2h, smem_u32, ...).
 //
-// qgemm_wg<BITS, GSTC, FW, BM, NWG, CN, WR, STAGES, SK = 0, XD = 0>: y[M, N] = x[M, K] @ W (+ bias)
+// qgemm_wg<BITS, GSTC, FW, BM, NWG, CN, WR, STAGES, SK = 0>: y[M, N] = x[M, K] @ W (+ bias)
 //   Orientation as in qgemm_mma: W^T (rows = outputs) is the A operand, decoded in registers from
 //   the packed words (wgmma's register-A fragment of a warp is mma.m16n8k16's A fragment, so each
 //   warp decodes its 16-output n-tile exactly as qgemm_mma does); x^T (BM tokens x k16) is the B
@@ -29,13 +29,6 @@
 //   p = 2*ts + jh of BM rows x 16 bytes, chunk (p, r) at (p*BM + r)*16: the wgmma canonical K-major
 //   layout (8 x 16-byte core matrices: 8-row groups 128 bytes apart, the two K halves jh BM*16
 //   bytes apart; the launcher passes these as sbo / lbo).
-//   XD = 1 (x direct, CN = 1 only): no prepared x. The whole producer warpgroup reads x [M, ldx]
-//   (fp16, direct layout: K' order = K order, K % 8 == 0, rows 16-byte aligned) with 16-byte loads
-//   and writes each X stage in wg order itself (wg_x_direct: four loaded chunks of a row give four
-//   stage chunks, a 4 x 4 transpose of half2 words in registers), then fences the generic-proxy
-//   stores for the tensor cores (fence.proxy.async) and arrives on the slot's "full" mbarrier
-//   (count 1 + 128: the expect_tx of SZ / W, and every producer thread). This saves the separate
-//   prep_xwg_direct pass over x (a read and a write of x, and a launch).
 //   x is prepared by prep_xwg (kernels/cuda_wgmma.py `prep`) as xw[Kp/128][Mp/XB][16][XB][8] fp16
 //   in "wg order": blocks of XB rows (a multiple of 32 dividing Mp); 16-byte chunk p of unit u
 //   holds, at element e, the K' position of A-fragment element (k-step ts = p/2, pair 2*jh, lane
@@ -179,7 +172,7 @@ __device__ __forceinline__ u64 wg_desc(u32 addr, int lbo, int sbo) {
     return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)((lbo >> 4) & 0x3FFF) << 16) | ((u64)((sbo >> 4) & 0x3FFF) << 32);
 }
 
-template <int BITS, int GSTC, int FW, int BM, int NWG, int WR, int XD = 0>
+template <int BITS, int GSTC, int FW, int BM, int NWG, int WR>
 struct WgCfg {
     static constexpr int WPU = Fmt<BITS>::WPU;
     static constexpr int NGU = GSTC < 8 ? 8 / GSTC : 1;
@@ -190,10 +183,9 @@ struct WgCfg {
     // The CTA's pool is what it launched with, ENTRY_REGS per thread (ptxas: 65536 / NTHREADS in
     // multiples of 8: 168 for 384 threads, 128 for 512); setmaxnreg.inc waits until the pool has
     // the registers asked for, so the consumers must not ask for more than the producer gave back
-    // (else they wait forever). XD: the producer warpgroup holds XB_BATCH x 4 loaded 16-byte x
-    // chunks at once.
+    // (else they wait forever: the seventeenth session's x-direct experiment did, docs/gpu-results.md).
     static constexpr int ENTRY_REGS = 65536 / NTHREADS / 8 * 8;
-    static constexpr int PRODUCER_REGS = XD ? (NWG >= 3 ? 96 : 128) : 40;
+    static constexpr int PRODUCER_REGS = 40;
     static constexpr int CONSUMER_REGS_RAW = (ENTRY_REGS * NTHREADS - 128 * PRODUCER_REGS) / (128 * NWG) / 8 * 8;
     static constexpr int CONSUMER_REGS = CONSUMER_REGS_RAW > 256 ? 256 : CONSUMER_REGS_RAW;
     static_assert(PRODUCER_REGS <= ENTRY_REGS && CONSUMER_REGS >= ENTRY_REGS &&
@@ -210,9 +202,6 @@ struct WgCfg {
     static constexpr int X_OFF = (W_BYTES + SZ_BYTES + 127) / 128 * 128;
     static constexpr int X_BYTES = 16 * BM * 16;
     static constexpr int STAGE_BYTES = X_OFF + X_BYTES;
-    // XD: (row, chunk quad) tasks per producer thread and stage, and how many are loaded at once
-    static constexpr int X_TASKS = BM * 4 / 128;
-    static constexpr int XB_BATCH = X_TASKS < 4 ? X_TASKS : 4;
 };
 
 // Register reallocation between warpgroups (every warp of a warpgroup executes it).
@@ -279,7 +268,7 @@ __device__ __forceinline__ void mbar_arrive_local_if(u32 bar, bool cond) {
 // CTA of the cluster (multicast): where xb = BM, CTA 0 copies all 16 chunks at once (WG_X_ONE_ISSUER),
 // else CTA `rank` copies chunks p = rank*16/CN .. (rank+1)*16/CN - 1; each CTA's barrier expects its
 // own W and SZ plus all 16 X chunks.
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int XD = 0>
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR>
 __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u16* __restrict__ xw, int Mp, int xb,
                                                const u32* __restrict__ qw, const u32* __restrict__ sz, int Np, int nt_hi,
                                                int NU, int upg, int nt0, int m0, int lane, u32 rank) {
@@ -292,10 +281,10 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
     const bool x_all = WG_X_ONE_ISSUER && x1;  // one copy for the whole cluster, by CTA 0
     const int nx = x_all ? (rank == 0) : x1 ? 1 : NX;
     const u32 szb = ntv * 64;
-    constexpr int XB = (WG_ABLATE == 3 || XD) ? 0 : C::X_BYTES;  // XD: x is written by wg_x_direct
+    constexpr int XB = WG_ABLATE == 3 ? 0 : C::X_BYTES;
     if (lane == 0) mbar_expect_tx(bar, (WR ? 0 : ntv * WB) + (ntv ? C::NGU * szb : 0) + XB);
     __syncwarp();
-    for (int j = lane; j < NB + C::NGU + ((WG_ABLATE == 3 || XD) ? 0 : nx); j += 32) {
+    for (int j = lane; j < NB + C::NGU + (WG_ABLATE == 3 ? 0 : nx); j += 32) {
         if (j < NB) {
             if (j < ntv) bulk_g2s(s_st + j * WB, qw + ((size_t)(nt0 + j) * NU + u) * (32 * C::WPU), WB, bar);
         } else if (j < NB + C::NGU) {
@@ -309,84 +298,6 @@ __device__ __forceinline__ void wg_issue_stage(u32 s_st, u32 bar, int u, const u
             else bulk_g2s_multicast(s_st + C::X_OFF + p * BM * 16, src, n * BM * 16, bar, (u16)((1u << CN) - 1u));
         }
     }
-}
-
-// XD (x direct): half2 word of the unit's 128 K' positions held by word t of X chunk p = 2*ts + jh
-// (the tc formula, as in prep_xwg_direct; span S).
-template <int S>
-__host__ __device__ constexpr int wg_word(int p, int t) {
-    return ((p >> 1) / (S / 16) * S + t * (S / 4) + ((p >> 1) % (S / 16)) * 4 + 2 * (p & 1)) >> 1;
-}
-// Chunks 4c .. 4c + 3 of X (k-steps 2c, 2c + 1) of a row take their 16 words from four 16-byte
-// chunks of x: chunk wg_word(4c, 0) / 4 + j * R (j = 0..3) gives word t of X chunk 4c + q its word
-// wg_word(q, t) % 4 of chunk j = wg_word(q, t) / 4 / R. Checked here for every span, and against
-// the wg order in NumPy by tests/kernels/test_cuda_wgmma.py.
-template <int S>
-__host__ __device__ constexpr int wg_r() { return S >= 32 ? S / 32 : 1; }
-template <int S>
-__host__ __device__ constexpr bool wg_direct_ok() {
-    for (int c = 0; c < 4; ++c)
-        for (int q = 0; q < 4; ++q)
-            for (int t = 0; t < 4; ++t) {
-                const int w = wg_word<S>(q, t);
-                if (wg_word<S>(4 * c + q, t) != wg_word<S>(4 * c, 0) + w || (w / 4) % wg_r<S>() || w / 4 / wg_r<S>() > 3)
-                    return false;
-            }
-    return true;
-}
-template <int S, int Q, int T>
-__device__ __forceinline__ u32 wg_pick(const uint4 (&L)[4]) {
-    constexpr int w = wg_word<S>(Q, T), e = w % 4;
-    const uint4& v = L[w / 4 / wg_r<S>()];
-    return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w;
-}
-__device__ __forceinline__ void sts4(u32 addr, u32 a, u32 b, u32 c, u32 d) {
-    asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(addr), "r"(a), "r"(b), "r"(c), "r"(d) : "memory");
-}
-template <int S, int Q>
-__device__ __forceinline__ void wg_store_chunk(u32 addr, const uint4 (&L)[4]) {
-    sts4(addr, wg_pick<S, Q, 0>(L), wg_pick<S, Q, 1>(L), wg_pick<S, Q, 2>(L), wg_pick<S, Q, 3>(L));
-}
-// The X stage of unit u, rows m0 .. m0 + BM - 1, written by producer thread i (0..127) from x
-// [M, ldx] fp16 (K' = K order, 16-byte aligned rows): tasks (row r, quad c), task = i + 128 * n,
-// r = task / 4, c = task % 4 (a warp: 8 rows x 4 quads; its loads of one j read 64 contiguous bytes
-// per row for S = 128), XB_BATCH tasks loaded at once; zeros for rows >= M and columns >= K.
-template <int S, int BM, int X_TASKS, int XB_BATCH>
-__device__ __forceinline__ void wg_x_direct(u32 s_x, const u16* __restrict__ x, int ldx, int K, int M, int u, int m0,
-                                            int i) {
-    static_assert(wg_direct_ok<S>(), "the wg order does not come from 4 x 4 word transposes at this span");
-    static_assert(X_TASKS % XB_BATCH == 0, "whole batches");
-    constexpr int R = wg_r<S>();
-#pragma unroll
-    for (int b = 0; b < X_TASKS; b += XB_BATCH) {
-        uint4 L[XB_BATCH][4];
-#pragma unroll
-        for (int n = 0; n < XB_BATCH; ++n) {
-            const int task = i + 128 * (b + n), r = task >> 2, c = task & 3, m = m0 + r;
-            const int k0 = u * 128 + 2 * wg_word<S>(4 * c, 0);
-            const u16* row = x + (size_t)(m < M ? m : 0) * ldx;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int k = k0 + 8 * R * j;
-                L[n][j] = make_uint4(0u, 0u, 0u, 0u);
-                if (m < M && k < K) L[n][j] = ld_nc4(row + k);
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < XB_BATCH; ++n) {
-            const int task = i + 128 * (b + n), r = task >> 2, c = task & 3;
-            const u32 a = s_x + (u32)((4 * c * BM + r) * 16);
-            wg_store_chunk<S, 0>(a, L[n]);
-            wg_store_chunk<S, 1>(a + BM * 16, L[n]);
-            wg_store_chunk<S, 2>(a + 2 * BM * 16, L[n]);
-            wg_store_chunk<S, 3>(a + 3 * BM * 16, L[n]);
-        }
-    }
-}
-// Generic-proxy shared-memory writes made visible to the async proxy (the tensor cores' reads).
-__device__ __forceinline__ void fence_proxy_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-__device__ __forceinline__ void mbar_arrive_local(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 
 // Global-memory flag helpers of the stream-K fix-up (GPU scope).
@@ -423,15 +334,13 @@ __device__ __forceinline__ void wg_segment(int pos, int end, int NU, int NC, int
     }
 }
 
-template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES, int SK = 0, int XD = 0>
+template <int BITS, int GSTC, int FW, int BM, int NWG, int CN, int WR, int STAGES, int SK = 0>
 __global__ void __launch_bounds__(128 * NWG + 128, 1) __cluster_dims__(CN, 1, 1)
 qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw, const u32* __restrict__ sz,
          const float* __restrict__ bias, void* __restrict__ y, int y_f32, float* __restrict__ ws, int M, int N,
-         int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo, int* __restrict__ cnt, int ldx,
-         int Kx) {
-    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR, XD>;
+         int Np, int nt_lo, int nt_hi, int NU, int upg, int split, int lbo, int sbo, int* __restrict__ cnt) {
+    using C = WgCfg<BITS, GSTC, FW, BM, NWG, WR>;
     static_assert(STAGES >= 2, "a slot is refilled while the others compute");
-    static_assert(!XD || CN == 1, "x direct: no clusters (nothing to multicast)");
     extern __shared__ uint4 wg_smem[];
     __shared__ __align__(8) u64 full[STAGES], consumed[STAGES], empty[STAGES];
     __shared__ int s_order;  // stream-K: this block's arrival order on a split tile (0: first)
@@ -462,7 +371,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
     if (threadIdx.x == 0) {
 #pragma unroll
         for (int s = 0; s < STAGES; ++s) {
-            mbar_init(s_full + 8 * s, XD ? 1 + 128 : 1);  // XD: and every producer thread
+            mbar_init(s_full + 8 * s, 1);
             mbar_init(s_consumed + 8 * s, 128 * NWG);  // every consumer thread of this CTA
             mbar_init(s_empty + 8 * s, CN);  // the producer warp of every CTA of the cluster
         }
@@ -473,7 +382,7 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
 
     if (wg == NWG) {  // producer warpgroup: its first warp refills slot v % STAGES once stage v - STAGES is consumed
         setmaxnreg_dec<C::PRODUCER_REGS>();
-        if (XD || wq == 0) {  // XD: all four warps (x), the first one also issues the bulk copies
+        if (wq == 0) {
             int v = 0;  // stages issued (all segments)
             for (int pos = w_begin, sg = 0; SK ? pos < w_end : sg == 0; ++sg) {  // SK = 0: one segment, maybe empty
                 int nt0, mb, k0, k1;
@@ -488,16 +397,9 @@ qgemm_wg(const u16* __restrict__ xw, int Mp, int xb, const u32* __restrict__ qw,
                             mbar_wait(s_empty + 8 * s, par);
                         }
                     }
-                    if (!XD || wq == 0)
-                        wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR, XD>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u,
-                                                                            xw, Mp, xb, qw, sz, Np, nt_hi, NU, upg, nt0,
-                                                                            mb * BM, lane, rank);
-                    if constexpr (XD) {
-                        wg_x_direct<C::S, BM, C::X_TASKS, C::XB_BATCH>(s_smem + s * C::STAGE_BYTES + C::X_OFF, xw, ldx,
-                                                                        Kx, M, u, mb * BM, threadIdx.x - 128 * NWG);
-                        fence_proxy_async_smem();
-                        mbar_arrive_local(s_full + 8 * s);
-                    }
+                    wg_issue_stage<BITS, GSTC, FW, BM, NWG, CN, WR>(s_smem + s * C::STAGE_BYTES, s_full + 8 * s, u, xw,
+                                                                Mp, xb, qw, sz, Np, nt_hi, NU, upg, nt0, mb * BM, lane,
+                                                                rank);
                 }
                 pos += k1 - k0;
             }

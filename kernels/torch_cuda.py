@@ -146,19 +146,17 @@ def linear(x: torch.Tensor, layer: kc.GpuLinear, bias: torch.Tensor | None = Non
         else:
             y = torch.empty((M, N), dtype=x2.dtype, device=x.device)
             xbuf = ws = None
-            if path != "wgmma" and kc.prep_x_needed(layer, xc2):
+            if path == "wgmma":  # x prepared in the kernel's order (kernels.cuda_wgmma.prep)
+                from . import cuda_wgmma
+
+                xbuf = to_cupy(torch.empty(cuda_wgmma.xbuf_size(layer, M), dtype=torch.float16, device=x.device))
+            elif kc.prep_x_needed(layer, xc2):
                 xbuf = to_cupy(torch.empty((M, lay.Kp), dtype=torch.float16, device=x.device))
             tile = split = None
             if path in ("mma", "wgmma"):  # buffers from PyTorch's allocator (CUDA graphs)
                 from . import cuda_mma, cuda_wgmma
 
-                if path == "mma":
-                    tile, split = cuda_mma.default_plan(layer, M)
-                else:
-                    tile, split = cuda_wgmma.default_plan(layer, M, direct=cuda_wgmma.x_direct_ok(layer, xc2))
-                    if not tile.xd:  # x prepared in the kernel's order (kernels.cuda_wgmma.prep)
-                        xbuf = to_cupy(torch.empty(cuda_wgmma.xbuf_size(layer, M), dtype=torch.float16,
-                                                   device=x.device))
+                tile, split = (cuda_mma if path == "mma" else cuda_wgmma).default_plan(layer, M)
                 if path == "wgmma":  # split-K partials, or stream-K partial tiles
                     n_ws = cuda_wgmma.workspace_size(lay, M, tile, split)
                 else:

@@ -222,16 +222,6 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
             key = name if path == "auto" else f"{name}_{path}"
             timed[key] = (lambda i, layers=layers, path=path: run(i, layers, path), max(len(layers), nx))
             nbytes[key] = layers[0].read_bytes + xy_bytes
-        if wg and "wgmma" in extra:  # the default wgmma plan with x prepared first (prep), where it reads x itself
-            with tc._On(device):
-                tile, split = cuda_wgmma.default_plan(layers[0], M, direct=True)
-            if tile.xd:
-                ptile = cuda_wgmma.TILES[tile.label[:-1]]
-                ys = torch.empty(M, N, device=device, dtype=torch.float16)
-                key = f"{name}_wgprep"
-                timed[key] = (lambda i, layers=layers, ptile=ptile, split=split, ys=ys: _wg_prepared(
-                    tc, device, xs[i % nx], layers[i % len(layers)], ys, ptile, split), max(len(layers), nx))
-                nbytes[key] = layers[0].read_bytes + xy_bytes
     ms = timer.interleaved_ms(timed)  # every variant of this M in turn, round after round
     row["fp16_us"], row["fp16_GBps"] = ms["fp16"] * 1e3, (2 * N * K + xy_bytes) / ms["fp16"] / 1e6
     if "int4" in ms:
@@ -246,15 +236,6 @@ def bench_m(K, N, M, timer, device, gen, variants, w16, int4_w, int4_sz):
                 a = run(0, layers, p).float()
                 row[f"{name}_{p}_vs_dequant"] = float((a - b).norm() / b.norm())
     return row
-
-
-def _wg_prepared(tc, device, x, layer, y, tile, split):
-    """The wgmma GEMM on `tile` (a prepared-x tile) and split: prep, then qgemm_wg (+ reduce)."""
-    from gptq_export.kernels import cuda as kc
-
-    with tc._On(device):
-        kc.quant_matmul(tc.to_cupy(x), layer, None, tc.to_cupy(y), path="wgmma", tile=tile, split=split)
-    return y
 
 
 def _variant_label(kw: dict) -> str:
@@ -516,17 +497,14 @@ def main() -> None:
                   + (f"{r['w4_mma_vs_dequant']:>8.1e}" if "w4_mma_vs_dequant" in r else f"{'-':>8}"))
     wgr = [r for r in results["rows"] if "w4_wgmma_us" in r]
     if wgr:
-        print("\nHopper wgmma path (us, median): wg = fused dequantize + wgmma GEMM (qgemm_wg; x read by the "
-              "kernel where its plan has an x-direct tile, else gathered first), wgp = the same plan with x "
-              "gathered first (prep; n/a: no x-direct tile); /fp16 = our time / fp16 time")
-        print(f"{'K x N':>12} {'M':>4} {'fp16':>8} {'w4 auto':>8} {'w4 wg':>8} {'w4 wgp':>8} {'w4 mma':>8} {'w4 dq':>8} "
-              f"{'w3 wg':>8} {'w3 wgp':>8} {'wg/fp16':>8} {'w3wg/fp16':>9} {'dq/fp16':>8} {'wg err':>8}")
+        print("\nHopper wgmma path (us, median): wg = fused dequantize + wgmma GEMM (qgemm_wg, x gathered first); "
+              "/fp16 = our time / fp16 time")
+        print(f"{'K x N':>12} {'M':>4} {'fp16':>8} {'w4 auto':>8} {'w4 wg':>8} {'w4 mma':>8} {'w4 dq':>8} {'w3 wg':>8} "
+              f"{'wg/fp16':>8} {'w3wg/fp16':>9} {'dq/fp16':>8} {'wg err':>8}")
         for r in wgr:
             f = r["fp16_us"]
-            wp4 = f"{r['w4_wgprep_us']:.1f}" if "w4_wgprep_us" in r else "n/a"
-            wp3 = f"{r['w3_wgprep_us']:.1f}" if "w3_wgprep_us" in r else "n/a"
             print(f"{r['K']:>5} x {r['N']:<5} {r['M']:>4} {f:>8.1f} {r['w4_us']:>8.1f} {r['w4_wgmma_us']:>8.1f} "
-                  f"{wp4:>8} {r['w4_mma_us']:>8.1f} {r['w4_dequant_us']:>8.1f} {r['w3_wgmma_us']:>8.1f} {wp3:>8} "
+                  f"{r['w4_mma_us']:>8.1f} {r['w4_dequant_us']:>8.1f} {r['w3_wgmma_us']:>8.1f} "
                   f"{r['w4_wgmma_us'] / f:>8.2f} {r['w3_wgmma_us'] / f:>9.2f} {r['w4_dequant_us'] / f:>8.2f} "
                   + (f"{r['w4_wgmma_vs_dequant']:>8.1e}" if "w4_wgmma_vs_dequant" in r else f"{'-':>8}"))
 

@@ -21,9 +21,6 @@ cuBLAS, CUDA-event medians (tools/bench_kernels.Timer).
                                                    # WG_NC_PREFETCH=1 (the old read-only prefetch),
                                                    # WG_ABLATE=3 (timing only), WG_X_CHUNKS=1 (x copied
                                                    # chunk by chunk, as before the eighth session)
-
-Tiles with the suffix d (x direct) read x themselves, so their times include what `prep` does
-for the others (whose times are the kernel's alone, x prepared).
 """
 
 from __future__ import annotations
@@ -60,7 +57,7 @@ def _compile_variant(job: tuple[str, str]) -> None:
     cp.RawModule(code=kc.source(True), name_expressions=(name,), options=_options(kc, defines)).get_function(name)
 
 
-def variants(cp, kc, kw, run_tile, M, gl, ref, timer, labels, define_sets) -> None:
+def variants(cp, kc, kw, xw_for, M, gl, ref, timer, labels, define_sets) -> None:
     """Every tile built with every set of macros: relative error against dequantize + cuBLAS
     (meaningless under WG_ABLATE) and kernel time, side by side in one process."""
     import concurrent.futures
@@ -92,9 +89,10 @@ def variants(cp, kc, kw, run_tile, M, gl, ref, timer, labels, define_sets) -> No
             kw.function = lambda bits, gstc, t, d=defines: build(t, d)
             try:
                 out.fill(np.nan)
-                run_tile(tile, out)
+                xw = xw_for(tile.bm)
+                kw.run(xw, M, gl, None, out, tile, 1)
                 err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
-                t = timer.per_call_ms(lambda i, tile=tile: run_tile(tile, out), 1, reps=7) * 1e3
+                t = timer.per_call_ms(lambda i, tile=tile, xw=xw: kw.run(xw, M, gl, None, out, tile, 1), 1, reps=7) * 1e3
             finally:
                 kw.function = real
             row.append(f"{defines} {t:.1f} us (err {err:.0e})")
@@ -113,8 +111,8 @@ def waves(cp, kw, xw_for, M, gl, ref, timer) -> None:
         row = []
         for clusters in range(max(1, (sms * 3 // 4) // (tile.cn * mbt)), (sms * 5 // 4) // (tile.cn * mbt) + 2):
             hi = min(lay.Np // 16, clusters * per)
-            t = timer.per_call_ms(lambda i, tile=tile, hi=hi: kw._launch(xw_for(tile.bm), kw.padded_rows(M), tile.bm, M, gl,
-                                                                         None, out, tile, 1, None, 0, hi, None, None),
+            t = timer.per_call_ms(lambda i, tile=tile, hi=hi: kw._launch(xw_for(tile.bm), kw.padded_rows(M), M, gl, None,
+                                                                         out, tile, 1, None, 0, hi, None, None),
                                   1, reps=5) * 1e3
             row.append(f"{clusters * tile.cn * mbt}:{t:.1f}")
         print(f"  {label} blocks:us  " + " ".join(row), flush=True)
@@ -169,18 +167,11 @@ def main() -> None:
     x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
     ref = kc.quant_matmul(x, gl, path="dequant").astype(cp.float32)
     xw_for = functools.cache(lambda bm: kw.prep(x, gl, rows=bm))  # x in blocks of the tile's BM rows
-
-    def run_tile(tile, out, split=1, ws=None):
-        """The tile on x: x prepared once per BM (kernel time only), or read by an x-direct tile itself."""
-        if tile.xd:
-            return kw.run_direct(x, gl, None, out, tile, split, ws)
-        return kw.run(xw_for(tile.bm), M, gl, None, out, tile, split, ws)
-
     if "--one" in sys.argv:  # for a profiler: one tile a few times
         out = cp.empty((M, N), dtype=cp.float16)
         tile = kw.TILES[sys.argv[sys.argv.index("--one") + 1]]
         for _ in range(5):
-            run_tile(tile, out)
+            kw.run(xw_for(tile.bm), M, gl, None, out, tile, 1)
         cp.cuda.runtime.deviceSynchronize()
         return
     def fp16_header():
@@ -202,20 +193,20 @@ def main() -> None:
         timer = fp16_header()
         labels = sys.argv[sys.argv.index("--tiles") + 1].split(",")
         define_sets = sys.argv[sys.argv.index("--defines") + 1].split(",") if "--defines" in sys.argv else ["base"]
-        variants(cp, kc, kw, run_tile, M, gl, ref, timer, labels, define_sets)
+        variants(cp, kc, kw, xw_for, M, gl, ref, timer, labels, define_sets)
         return
     if "--ablate" in sys.argv:  # where the time goes: without the weight decode, without the wgmma
         labels = ["128x128c2", "128x256c4", "128x128", "128x128r", "128x128c2r", "128x256c4r"]
         if "--tiles" in sys.argv:
             labels = sys.argv[sys.argv.index("--tiles") + 1].split(",")
-        variants(cp, kc, kw, run_tile, M, gl, ref, f_timer(), labels, ["base", "WG_ABLATE=1", "WG_ABLATE=2", "WG_ABLATE=3"])
+        variants(cp, kc, kw, xw_for, M, gl, ref, f_timer(), labels, ["base", "WG_ABLATE=1", "WG_ABLATE=2", "WG_ABLATE=3"])
         return
     t0 = time.time()
     kw.function(4, 8, kw.TILES["128x128"])
     print(f"compiled in {time.time() - t0:.1f}s", flush=True)
     for tile in kw.TILES.values():
         out = cp.full((M, N), np.nan, dtype=cp.float16)
-        run_tile(tile, out)
+        kw.run(xw_for(tile.bm), M, gl, None, out, tile, 1)
         err = float(cp.linalg.norm(out.astype(cp.float32) - ref) / cp.linalg.norm(ref))
         print(f"tile {tile.label}: rel err vs dequantize + cuBLAS {err:.1e}", flush=True)
     timer = f_timer()
@@ -231,11 +222,8 @@ def main() -> None:
     ws = cp.empty(8 * M * N, dtype=cp.float32)
     for label, tile in kw.TILES.items():
         for split in (1, 2, 4):
-            if tile.sk and split > 1:
-                continue
-            t = timeit(lambda tile=tile, split=split: run_tile(tile, out, split, ws))
-            how = "x read by the kernel" if tile.xd else "kernel only, x prepared"
-            print(f"  wg {label}/{split}: {t:.1f} us = {t / f:.2f}x fp16 ({how})")
+            t = timeit(lambda tile=tile, split=split: kw.run(xw_for(tile.bm), M, gl, None, out, tile, split, ws))
+            print(f"  wg {label}/{split}: {t:.1f} us = {t / f:.2f}x fp16 (kernel only, x prepared)")
 
 
 if __name__ == "__main__":

@@ -38,79 +38,6 @@ def test_wgmma_source_and_names():
     assert kw.kernel_name(4, 8, t3).startswith("qgemm_wg<4,8,1,128,3,2,1,")
 
 
-def test_x_direct_tiles_and_names():
-    """Every tile without clusters or a tail has an x-direct form (label suffix d, template XD = 1)."""
-    direct = {lb for lb, t in kw.TILES.items() if t.xd}
-    assert direct == {t.label + "d" for t in kw.TILES.values() if t.cn == 1 and t.tail is None and t.bm <= 128
-                      and not t.xd}
-    assert "128x128rd" in direct and "192x128rsd" in direct and "128x256c4rd" not in kw.TILES
-    t = kw.TILES["128x128rd"]
-    assert kw.kernel_name(4, 8, t) == f"qgemm_wg<4,8,1,128,2,1,1,{kw.stages_for(4, 8, t)},0,1>"
-    assert kw.kernel_name(4, 8, kw.TILES["192x128rsd"]).endswith(",1,1>")
-    with pytest.raises(ValueError, match="clusters"):
-        kw.WgTile(1, 128, 2, True, xd=True)
-
-
-def _direct_stage_numpy(xu: np.ndarray, S: int) -> np.ndarray:
-    """The X stage of one row and unit as wg_x_direct (kernels/gptq_wgmma.cu) writes it: chunks 4c ..
-    4c + 3 from x chunks wg_word(4c, 0) / 4 + j*R (j = 0..3), word t of chunk 4c + q = word
-    wg_word(q, t) % 4 of x chunk j = wg_word(q, t) / 4 / R. xu: the unit's 128 x values (zeros past
-    K); returns [16 chunks, 8 halves]."""
-    TS, R = S // 16, max(1, S // 32)
-
-    def wg_word(p, t):
-        ts, jh = p >> 1, p & 1
-        return ((ts // TS) * S + t * (S // 4) + (ts % TS) * 4 + 2 * jh) >> 1
-
-    out = np.zeros((16, 8), xu.dtype)
-    for c in range(4):
-        k0 = 2 * wg_word(4 * c, 0)
-        chunks = [xu[k0 + 8 * R * j: k0 + 8 * R * j + 8] for j in range(4)]
-        for q in range(4):
-            for t in range(4):
-                assert wg_word(4 * c + q, t) == wg_word(4 * c, 0) + wg_word(q, t)  # the kernel's static_assert
-                w = wg_word(q, t)
-                j, e = w // 4 // R, w % 4
-                assert (w // 4) % R == 0 and j < 4
-                out[4 * c + q, 2 * t: 2 * t + 2] = chunks[j][2 * e: 2 * e + 2]
-    return out
-
-
-@pytest.mark.parametrize("group", (16, 32, 64, 128, 256, -1))
-def test_x_direct_stage_is_the_wg_order(group):
-    """The x-direct producer's 4 x 4 word transposes put x in the same wg order as `prep` (the
-    `wg_perm_numpy` gather), for every span, K' padded past K."""
-    rng = np.random.default_rng(0)
-    K = 1000
-    g_idx = np.arange(K) // (group if group > 0 else K)
-    lay = kc.plan_layout(g_idx, 4, K, 64, int(g_idx.max()) + 1)
-    assert lay.direct and lay.span == 16 * min(8, max(1, (group if group > 0 else 128) // 16))
-    x = rng.standard_normal(K).astype(np.float32)
-    xp = np.zeros(lay.Kp, np.float32)
-    xp[:K] = x
-    wp = kw.wg_perm_numpy(lay)
-    want = np.where(wp >= 0, x[np.maximum(wp, 0)], 0).reshape(lay.nu, 16, 8)
-    for u in range(lay.nu):
-        np.testing.assert_array_equal(_direct_stage_numpy(xp[u * 128:(u + 1) * 128], lay.span), want[u])
-
-
-def test_default_plan_takes_x_direct_where_it_can(monkeypatch):
-    """direct=True: the same plan, in its x-direct form where the tile has no clusters or tail."""
-    from gptq_export.kernels import cuda_mma
-
-    monkeypatch.setattr(cuda_mma, "sm_count", lambda: 132)
-    seen = set()
-    for K, N in ((4096, 4096), (4096, 11008), (11008, 4096), (8192, 8192), (8192, 28672)):
-        gl = kc.GpuLinear(kc.plan_layout(np.arange(K) // 128, 4, K, N, K // 128), None, None, None)
-        for M in (17, 64, 128, 256, 512):
-            tile, split = kw.default_plan(gl, M)
-            dtile, dsplit = kw.default_plan(gl, M, direct=True)
-            assert dsplit == split and dtile.xd == (tile.cn == 1 and tile.tail is None and tile.bm <= 128)
-            assert dtile.label == tile.label + ("d" if dtile.xd else "")
-            seen.add(dtile.xd)
-    assert seen == {True, False}
-
-
 def test_wgmma_stream_k_plan(monkeypatch):
     """Stream-K tiles: one cluster per resident cluster, at most one per tile (so that a tile is
     split between two workers at most), a workspace tile per worker and CTA, split 1 only."""
@@ -240,8 +167,7 @@ def hopper(cp):
 
 
 def _plans(bits, gstc):
-    # (x-direct tiles read fp16 x without act-order only: test_gpu_wgmma_x_direct_*)
-    labels = [lb for lb, t in kw.TILES.items() if kw.fits(bits, gstc, t) and not t.xd]
+    labels = [lb for lb, t in kw.TILES.items() if kw.fits(bits, gstc, t)]
     if bits not in (3, 4):
         labels = labels[:2]
     return [(lb, s) for lb in labels for s in (1, 3) if s == 1 or not (kw.TILES[lb].tail or kw.TILES[lb].sk)] + [
@@ -284,7 +210,7 @@ SK_ROWS = (200, 512)
 
 
 def sk_tiles(bits: int) -> list[str]:
-    return [lb for lb, t in kw.TILES.items() if t.sk and not t.xd and kw.fits(bits, 8, t)]
+    return [lb for lb, t in kw.TILES.items() if t.sk and kw.fits(bits, 8, t)]
 
 
 def sk_split_launches(bits: int) -> dict[str, int]:
@@ -344,7 +270,7 @@ def test_gpu_wgmma_fp32_and_misaligned_x(hopper, bits, case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("bits", (3, 4))
 def test_gpu_wgmma_equals_dequant_path_and_is_deterministic(hopper, bits):
-    check_equals_dequant_and_deterministic(hopper, bits, "wgmma", {lb: t for lb, t in kw.TILES.items() if not t.xd})
+    check_equals_dequant_and_deterministic(hopper, bits, "wgmma", kw.TILES)
 
 
 @pytest.mark.gpu
@@ -424,85 +350,6 @@ def test_gpu_wgmma_x_blocked_or_not_gives_the_same_bits(hopper, monkeypatch, lab
         outs.append(cp.asnumpy(kw.run(kw.prep(x, gl, rows=rows), M, gl, None, out, tile, 1)).view(np.uint16))
     assert not np.isnan(outs[0].view(np.float16)).any()
     np.testing.assert_array_equal(outs[0], outs[1])
-
-
-_DIRECT_TILES = tuple(lb for lb, t in kw.TILES.items() if t.xd)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("group", (128, 64, 32, 16, -1))
-@pytest.mark.parametrize("M", (1, 17, 130, 300))
-def test_gpu_wgmma_x_direct_equals_prepared_bit_exactly(hopper, bits, group, M):
-    """Every x-direct tile (x read and put in wg order by the kernel's producer warpgroup) gives
-    the same bits as its prepared-x form (the same shared-memory x, so the same wgmma sums), and
-    the float64 reference within TOL; splits of K' and stream-K included; K' padded past K, rows
-    past M and odd N."""
-    from test_cuda_mma import TOL
-
-    from gptq_export.kernels.reference import quant_matmul
-
-    cp = hopper
-    seed = test_cuda.fresh_seed()
-    rng = np.random.default_rng(seed)
-    K, N = 1000, 200
-    layer = random_layer(rng, bits, K, N, group, False)
-    gl = kc.GpuLinear.from_packed(*layer, bits, K, N)
-    assert gl.layout.direct
-    x = rng.standard_normal((M, K)).astype(np.float16)
-    bias = rng.standard_normal(N).astype(np.float32) if M % 2 else None
-    ref = quant_matmul(x.astype(np.float64), *layer, bias, bits, K, N)
-    xd, bd = cp.asarray(x), (cp.asarray(bias) if bias is not None else None)
-    ran = 0
-    for label in _DIRECT_TILES:
-        tile = kw.TILES[label]
-        if not kw.fits(bits, gl.layout.gstc, tile):
-            continue
-        for split in (1,) if tile.sk else (1, 3):
-            outs = []
-            for t in (tile, kw.TILES[label[:-1]]):
-                out = cp.full((M, N), np.nan, cp.float16)
-                if t.xd:
-                    kw.run_direct(xd, gl, bd, out, t, split)
-                else:
-                    kw.run(kw.prep(xd, gl, rows=t.bm), M, gl, bd, out, t, split)
-                outs.append(cp.asnumpy(out))
-            np.testing.assert_array_equal(outs[0].view(np.uint16), outs[1].view(np.uint16),
-                                          err_msg=f"{label} split {split} seed {seed}")
-            assert rel_err(outs[0], ref) <= TOL, f"{label} split {split} seed {seed}"
-            ran += 1
-    assert ran >= 8
-
-
-@pytest.mark.gpu
-def test_gpu_wgmma_x_direct_default_and_refusals(hopper):
-    """The default plan reads aligned fp16 x directly (no prep) and equals the prepared path;
-    x-direct tiles refuse x they cannot read (fp32, act-order, misaligned) with a ValueError."""
-    cp = hopper
-    rng = np.random.default_rng(test_cuda.fresh_seed())
-    K, N, M = 512, 256, 300
-    gl = kc.GpuLinear.from_packed(*random_layer(rng, 4, K, N, 128, False), 4, K, N)
-    x = cp.asarray(rng.standard_normal((M, K)).astype(np.float16))
-    tile, split = kw.default_plan(gl, M, direct=True)
-    assert tile.xd and kw.x_direct_ok(gl, x)
-    a = kc.quant_matmul(x, gl, path="wgmma")
-    b = kw.run(kw.prep(x, gl, rows=tile.bm), M, gl, None, cp.empty((M, N), cp.float16), kw.TILES[tile.label[:-1]],
-               split)
-    np.testing.assert_array_equal(cp.asnumpy(a).view(np.uint16), cp.asnumpy(b).view(np.uint16))
-    out = cp.empty((M, N), cp.float16)
-    bad = {"fp32": x.astype(cp.float32), "misaligned": cp.empty(M * K + 1, cp.float16)[1:].reshape(M, K)}
-    for name, xb in bad.items():
-        assert not kw.x_direct_ok(gl, xb), name
-        with pytest.raises(ValueError, match="x-direct"):
-            kw.run_direct(xb, gl, None, out if xb.dtype == cp.float16 else out.astype(cp.float32), tile, split)
-    act = kc.GpuLinear.from_packed(*random_layer(rng, 4, K, N, 128, True), 4, K, N)
-    with pytest.raises(ValueError, match="x-direct"):
-        kw.run_direct(x, act, None, out, tile, split)
-    with pytest.raises(ValueError, match="run_direct"):
-        kw.run(kw.prep(x, gl, rows=tile.bm), M, gl, None, out, tile, split)
-    # ... while the default plan takes the prepared form for them, with the same result
-    y32 = kc.quant_matmul(bad["fp32"], gl, path="wgmma")
-    assert rel_err(cp.asnumpy(y32), cp.asnumpy(a).astype(np.float64)) < 1e-3
 
 
 @pytest.mark.gpu
